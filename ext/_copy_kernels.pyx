@@ -1,0 +1,114 @@
+# cython: language_level=3
+"""Pack, unpack and fill kernels of the plan's block copies (Cython backend).
+
+Twins of ``eophis_hpc.kernels.numpy_ref`` (the oracle) and ``eophis_hpc.kernels.numba_backend``.
+The runs are checked against the array shapes before the ``nogil`` loops, so a bad plan raises a
+ValueError instead of writing out of bounds. Source and destination dtypes may differ (float32 and
+float64): the cast happens in the copy, never as an extra pass. No MPI here.
+"""
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy
+
+ctypedef fused src_t:
+    float
+    double
+
+ctypedef fused dst_t:
+    float
+    double
+
+
+cdef inline Py_ssize_t _check_runs(const int64_t[:, ::1] runs, Py_ssize_t ncols,
+                                   Py_ssize_t ny, Py_ssize_t nx, str what) except -1:
+    """Check every run fits a ``ny x nx`` plane; return the cells per level of all runs."""
+    cdef Py_ssize_t r, total = 0
+    if runs.shape[0] and runs.shape[1] < ncols:
+        raise ValueError(f"{what}: runs must have {ncols} columns, got {runs.shape[1]}")
+    for r in range(runs.shape[0]):
+        if (runs[r, 0] < 0 or runs[r, 1] < 0 or runs[r, 2] < 0 or runs[r, 3] < 0
+                or runs[r, 0] + runs[r, 2] > ny or runs[r, 1] + runs[r, 3] > nx):
+            raise ValueError(f"{what}: run {r} (j={runs[r, 0]}, i={runs[r, 1]}, nj={runs[r, 2]}, "
+                             f"ni={runs[r, 3]}) does not fit an array of {ny}x{nx} points")
+        total += runs[r, 2] * runs[r, 3]
+    return total
+
+
+def pack(const src_t[:, :, ::1] src, const int64_t[:, ::1] runs, dst_t[::1] buf):
+    """Copy the ``(sj, si, nj, ni)`` runs of ``src`` (all levels) into ``buf``, block after block,
+    each block level-major."""
+    cdef Py_ssize_t nz = src.shape[0], ny = src.shape[1], nx = src.shape[2]
+    cdef Py_ssize_t total = _check_runs(runs, 4, ny, nx, "pack") * nz
+    if total != buf.shape[0]:
+        raise ValueError(f"pack: the runs hold {total} values, the buffer has {buf.shape[0]}")
+    if total == 0:
+        return
+    cdef Py_ssize_t r, k, j, c, sj, si, nj, ni, pos = 0
+    cdef const src_t* row
+    cdef dst_t* out
+    with nogil:
+        for r in range(runs.shape[0]):
+            sj = runs[r, 0]; si = runs[r, 1]; nj = runs[r, 2]; ni = runs[r, 3]
+            for k in range(nz):
+                for j in range(nj):
+                    row = &src[k, sj + j, si]
+                    out = &buf[pos]
+                    if src_t is dst_t:
+                        memcpy(out, row, ni * sizeof(dst_t))
+                    else:
+                        for c in range(ni):
+                            out[c] = <dst_t> row[c]
+                    pos += ni
+
+
+def unpack(const src_t[::1] buf, dst_t[:, :, ::1] dst, const int64_t[:, ::1] runs, double sign):
+    """Copy ``buf`` into the ``(dj, di, nj, ni, fold)`` runs of ``dst``; a folded run is written
+    reversed in j and i and multiplied by ``sign`` (the north fold)."""
+    cdef Py_ssize_t nz = dst.shape[0], ny = dst.shape[1], nx = dst.shape[2]
+    cdef Py_ssize_t total = _check_runs(runs, 5, ny, nx, "unpack") * nz
+    if total != buf.shape[0]:
+        raise ValueError(f"unpack: the runs hold {total} values, the buffer has {buf.shape[0]}")
+    if total == 0:
+        return
+    cdef Py_ssize_t r, k, j, c, dj, di, nj, ni, pos = 0
+    cdef const src_t* inp
+    cdef dst_t* row
+    cdef src_t s = <src_t> sign
+    with nogil:
+        for r in range(runs.shape[0]):
+            dj = runs[r, 0]; di = runs[r, 1]; nj = runs[r, 2]; ni = runs[r, 3]
+            if runs[r, 4]:
+                for k in range(nz):
+                    for j in range(nj):
+                        row = &dst[k, dj + nj - 1 - j, di]
+                        inp = &buf[pos]
+                        for c in range(ni):
+                            row[ni - 1 - c] = <dst_t> (s * inp[c])
+                        pos += ni
+            else:
+                for k in range(nz):
+                    for j in range(nj):
+                        row = &dst[k, dj + j, di]
+                        inp = &buf[pos]
+                        if src_t is dst_t:
+                            memcpy(row, inp, ni * sizeof(dst_t))
+                        else:
+                            for c in range(ni):
+                                row[c] = <dst_t> inp[c]
+                        pos += ni
+
+
+def fill(dst_t[:, :, ::1] dst, const int64_t[:, ::1] rects, double value):
+    """Set the ``(dj, di, nj, ni)`` rects of every level of ``dst`` to ``value``."""
+    cdef Py_ssize_t nz = dst.shape[0], ny = dst.shape[1], nx = dst.shape[2]
+    _check_runs(rects, 4, ny, nx, "fill")
+    cdef Py_ssize_t r, k, j, c, dj, di, nj, ni
+    cdef dst_t v = <dst_t> value
+    cdef dst_t* row
+    with nogil:
+        for r in range(rects.shape[0]):
+            dj = rects[r, 0]; di = rects[r, 1]; nj = rects[r, 2]; ni = rects[r, 3]
+            for k in range(nz):
+                for j in range(nj):
+                    row = &dst[k, dj + j, di]
+                    for c in range(ni):
+                        row[c] = v
