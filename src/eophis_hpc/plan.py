@@ -378,13 +378,15 @@ class Plan:
         return back
 
     def output_offset(self, d: int, shape: tuple[int, int], where: str = "outputs") -> int:
-        """Offset of the owned box inside an output array of ``shape`` (0 or the halo)."""
+        """Offset of the owned box inside an output array of ``shape``: 0 for the tile's own box
+        or its read box (``tile_shape``), the halo for the read box with its halo."""
         inner = self.tile_shape_of(d)
         h = self.halo
         core = (inner[0] - 2 * h, inner[1] - 2 * h)
-        if tuple(shape) == core:
+        shape = tuple(shape)
+        if shape == core or shape == self.dst.boxes[d].shape:
             return 0
-        if tuple(shape) == inner:
+        if shape == inner:
             return h
         raise ValueError(f"{where}[{d}]: expected shape (nz, {core[0]}, {core[1]}) or with the "
                          f"halo (nz, {inner[0]}, {inner[1]}), got (nz, {shape[0]}, {shape[1]})")

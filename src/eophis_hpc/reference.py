@@ -20,6 +20,8 @@ def source_points(grid: Grid, jj: np.ndarray, ii: np.ndarray):
     value), PLAIN (a copy of ``F[src_j, src_i]``) or FOLDED (``sign * F[src_j, src_i]``).
     """
     jj, ii = np.broadcast_arrays(np.asarray(jj, dtype=np.int64), np.asarray(ii, dtype=np.int64))
+    shape = jj.shape
+    jj, ii = jj.reshape(-1), ii.reshape(-1)
     nx, ny = grid.nx, grid.ny
     kind = np.full(jj.shape, PLAIN, dtype=np.int8)
     # east-west first: cyclic wrap or fill
@@ -53,7 +55,7 @@ def source_points(grid: Grid, jj: np.ndarray, ii: np.ndarray):
     si[fill_pts] = 0
     if np.any((sj < 0) | (sj >= ny)):
         raise ValueError(f"halo too wide for {grid.describe()}: a point maps outside the grid")
-    return sj, si, kind
+    return sj.reshape(shape), si.reshape(shape), kind.reshape(shape)
 
 
 def reference_tile(glb: np.ndarray, grid: Grid, box: Box, halo: int, sign: float = 1.0,
