@@ -3,10 +3,16 @@
 The pure core (grids, decompositions, plans, kernels) imports no MPI; the runtime imports mpi4py
 only when a coupled run starts.
 """
+__version__ = "0.1.0"
+
+from .client import Coupler, connect  # noqa: E402
 from .decomposition import Box, Decomposition
 from .grid import Grid
 from .plan import Plan
+from .runtime.schedule import Exchange
+from .transport.mpi import CouplingError
+from .tunnel import Tunnel
 
-__version__ = "0.1.0"
 
-__all__ = ["Box", "Decomposition", "Grid", "Plan", "__version__"]
+__all__ = ["Box", "Coupler", "CouplingError", "Decomposition", "Exchange", "Grid", "Plan", "Tunnel",
+           "connect", "__version__"]

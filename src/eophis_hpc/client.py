@@ -1,0 +1,211 @@
+"""Model-side Python client: ``cpl = eh.connect(grid, box)``, ``put``, ``get``, ``close``.
+
+Each model rank owns one box of the global grid. ``put`` sends a field when its exchange is due
+(a no-op otherwise, as OASIS does between coupling dates); ``get`` returns the workers' result for
+the rank's box. The first ``put`` (or ``get``) of an exchange at a step tells the workers, through
+a small control message from model rank 0, which exchange and step come next.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .grid import Grid
+from .runtime import handshake
+from .runtime.schedule import FieldSpec
+from .runtime.timings import Timings
+from .transport.mpi import TAG_CONTROL, TAG_DATA, CouplingError, Link, Receiver, Sender, mpi
+
+STOP = -1
+STRATEGIES = ("packed", "datatype")
+
+
+def connect(grid: Grid, box, *, holes: bool = False, fields: dict | None = None,
+            strategy: str | None = None, backend: str | None = None) -> "Coupler":
+    """Join the coupled job as a model rank owning ``box`` = (j0, j1, i0, i1) of ``grid``.
+
+    Collective over all model ranks. ``fields`` (optional) declares ``{name: {"levels": n,
+    "dtype": "float64", "direction": "in"|"out"}}`` so that a mismatch with the workers is caught
+    at the handshake. ``strategy`` (packed | datatype) defaults to the workers' choice.
+    """
+    return Coupler(grid, box, holes=holes, fields=fields, strategy=strategy, backend=backend)
+
+
+class Coupler:
+    """One model rank's connection to the inference workers."""
+
+    def __init__(self, grid: Grid, box, holes=False, fields=None, strategy=None, backend=None):
+        if not isinstance(grid, Grid):
+            raise TypeError(f"connect: grid must be an eophis_hpc.Grid, got {type(grid).__name__}")
+        if strategy is not None and strategy not in STRATEGIES:
+            raise ValueError(f"connect: strategy={strategy!r} is not one of {STRATEGIES}")
+        self.link = Link("model")
+        self.comm = self.link.comm  # the model's own communicator, to use instead of COMM_WORLD
+        self.layout, self.schedule, options = handshake.model_side(self.link, grid, box, holes, fields)
+        self.grid = grid
+        self.rank = self.link.rank
+        self.box = self.layout.src.boxes[self.rank]
+        self.strategy = strategy or options["strategy"]
+        self.timings = Timings()
+        self._senders: dict[str, Sender] = {}
+        self._receivers: dict[str, Receiver] = {}
+        for spec in self.schedule.fields.values():
+            args = (self.link.inter, spec.levels, spec.dtype, TAG_DATA + spec.index, self.strategy)
+            if spec.direction == "in":
+                self._senders[spec.name] = Sender(
+                    self.link.inter, self.layout.model_send_routes(spec.point, self.rank),
+                    *args[1:], backend=backend)
+            else:
+                self._receivers[spec.name] = Receiver(
+                    self.link.inter, self.layout.model_recv_routes(spec.point, self.rank),
+                    *args[1:], fills=self.layout.model_fills(spec.point, self.rank),
+                    backend=backend)
+        n_ex = len(self.schedule.exchanges)
+        self._current = [None] * n_ex         # step of each exchange's current occurrence
+        self._pending: list[set] = [set() for _ in range(n_ex)]  # outputs not yet received
+        self._static_sent: set[str] = set()  # static fields go once; later puts are no-ops
+        self._closed = False
+
+    # ------------------------------------------------------------------ helpers
+    def _begin(self, spec: FieldSpec, step: int) -> bool:
+        """Start (once) the occurrence of ``spec``'s exchange at ``step``; False if not due."""
+        e = spec.exchange
+        ex = self.schedule.exchanges[e]
+        if ex.static:
+            step = -2  # static exchanges happen once and carry no step
+        elif not self.schedule.due(e, int(step)):
+            return False
+        if self._current[e] == step:
+            return True
+        self._drain(e)
+        if self.link.is_root:
+            note = np.array([e, step], dtype=np.int64)
+            for w in range(self.link.remote_size):
+                self.link.inter.Send(note, dest=w, tag=TAG_CONTROL)
+        self._current[e] = step
+        self._pending[e] = set(ex.outputs)
+        return True
+
+    def _drain(self, e: int) -> None:
+        """Receive (and drop) outputs of exchange ``e`` the model did not ``get``."""
+        for name in sorted(self._pending[e]):
+            rcv = self._receivers[name]
+            scratch = np.empty((1, rcv.nz) + self.box.shape, dtype=rcv.dtype)
+            rcv.post(scratch)
+            rcv.wait(scratch)
+        self._pending[e] = set()
+
+    def _view(self, name: str, spec: FieldSpec, arr, offset, what: str):
+        """The 4-D view ``(1, nz, ny, nx)`` of a model array and the box offset inside it."""
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{what}({name!r}): expected a numpy.ndarray, got {type(arr).__name__}")
+        if arr.dtype != np.dtype(spec.dtype):
+            raise TypeError(f"{what}({name!r}): dtype {arr.dtype}, the exchange expects {spec.dtype}")
+        if not arr.flags.c_contiguous:
+            raise ValueError(f"{what}({name!r}): the array must be C-contiguous (nz, ny, nx)")
+        if arr.ndim == 2 and spec.levels == 1:
+            arr = arr[None]
+        if arr.ndim != 3 or arr.shape[0] != spec.levels:
+            raise ValueError(f"{what}({name!r}): expected shape ({spec.levels}, ny, nx), got "
+                             f"{arr.shape}")
+        bj, bi = self.box.shape
+        if offset is None:
+            if arr.shape[1:] != (bj, bi):
+                raise ValueError(f"{what}({name!r}): shape {arr.shape} does not match the box "
+                                 f"({spec.levels}, {bj}, {bi}); pass offset=(oj, oi) for an array "
+                                 "with the model's halo")
+            offset = (0, 0)
+        else:
+            oj, oi = (int(v) for v in offset)
+            if oj < 0 or oi < 0 or oj + bj > arr.shape[1] or oi + bi > arr.shape[2]:
+                raise ValueError(f"{what}({name!r}): the box ({bj}x{bi}) at offset {(oj, oi)} does "
+                                 f"not fit the array {arr.shape}")
+            offset = (oj, oi)
+        return arr[None], offset
+
+    # ------------------------------------------------------------------ API
+    def put(self, name: str, array, step: int, offset=None) -> bool:
+        """Send ``array`` (the box, or a larger array with the box at ``offset``) if due.
+
+        Returns whether it was sent. The array is read without a copy (datatype strategy) or
+        packed once into a persistent buffer (packed strategy)."""
+        self._check_open("put")
+        spec = self.schedule.field(name, "put")
+        if spec.direction != "in":
+            raise ValueError(f"put({name!r}): {name!r} is an output of the workers; use get")
+        view, offset = self._view(name, spec, array, offset, "put")
+        t0 = time.perf_counter()
+        if name in self._static_sent or not self._begin(spec, step):
+            return False
+        sender = self._senders[name]
+        sender.start(view, offset)
+        if self.schedule.exchanges[spec.exchange].static:
+            self._static_sent.add(name)
+        self.timings.add("put", time.perf_counter() - t0)
+        self.timings.add_bytes(name, sender.bytes)
+        return True
+
+    def get(self, name: str, step: int, out=None, offset=None):
+        """The workers' ``name`` for this rank's box at ``step`` (None when not due).
+
+        ``out`` receives in place (with the box at ``offset`` when it has the model's halo)."""
+        self._check_open("get")
+        spec = self.schedule.field(name, "get")
+        if spec.direction != "out":
+            raise ValueError(f"get({name!r}): {name!r} is an input sent by the model; use put")
+        e = spec.exchange
+        ex = self.schedule.exchanges[e]
+        key = -2 if ex.static else step
+        if not ex.static and not self.schedule.due(e, int(step)):
+            return None
+        if self._current[e] != key:
+            if ex.inputs:
+                raise CouplingError(f"get({name!r}, step={step}): the inputs of its exchange "
+                                    f"({', '.join(ex.inputs)}) were not put at this step")
+            self._begin(spec, step)
+        if name not in self._pending[e]:
+            raise CouplingError(f"get({name!r}, step={step}): already received at this step")
+        if out is None:
+            out = np.empty((spec.levels,) + self.box.shape, dtype=spec.dtype)
+            result = out
+        else:
+            result = out
+        view, offset = self._view(name, spec, out, offset, "get")
+        t0 = time.perf_counter()
+        rcv = self._receivers[name]
+        rcv.post(view, offset)
+        rcv.wait(view, offset)
+        self._pending[e].discard(name)
+        self.timings.add("get", time.perf_counter() - t0)
+        self.timings.add_bytes(name, rcv.bytes)
+        return result
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise CouplingError(f"{what}: the coupler is closed")
+
+    def close(self) -> None:
+        """End the coupling (collective over model ranks): finish pending transfers, tell the
+        workers to stop, free MPI resources."""
+        if self._closed:
+            return
+        for e in range(len(self._pending)):
+            self._drain(e)
+        for s in self._senders.values():
+            s.wait()
+        self.link.comm.Barrier()
+        if self.link.is_root:
+            note = np.array([STOP, STOP], dtype=np.int64)
+            for w in range(self.link.remote_size):
+                self.link.inter.Send(note, dest=w, tag=TAG_CONTROL)
+        for obj in list(self._senders.values()) + list(self._receivers.values()):
+            obj.close()
+        self.link.close()
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,1 @@
+"""Runtime pieces shared by the model client and the workers: schedule, layout, handshake, timings."""

@@ -1,0 +1,99 @@
+"""The layout both sides agree on at the handshake (pure): model boxes, worker tiles and their
+owners, halo, plans per grid point type, and each rank's routes (which runs go to which peer)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..decomposition import Decomposition, split_balanced
+from ..grid import Grid
+from ..plan import Plan
+from ..transport.mpi import Route
+
+
+class Layout:
+    """Model boxes (one per model rank) -> ``n_tiles`` tiles spread over ``n_workers`` workers.
+
+    Every tile reads ``tile_shape`` points plus the halo so a worker's tiles stack into one batch
+    ``(tiles, levels, H + 2h, W + 2h)``; only each tile's own box goes back.
+    """
+
+    def __init__(self, grid: Grid, model_boxes, n_workers: int, halo: int, n_tiles: int | None = None,
+                 holes: bool = False, tiles=None):
+        self.grid = grid
+        self.src = Decomposition.from_boxes(grid, model_boxes, holes=holes)
+        if tiles is not None:
+            self.dst = Decomposition.from_boxes(grid, tiles)
+        else:
+            n_tiles = n_workers if n_tiles is None else n_tiles
+            if n_tiles < n_workers:
+                raise ValueError(f"{n_workers} workers for {n_tiles} tiles: every worker needs a tile")
+            self.dst = Decomposition.auto(grid, n_tiles)
+        if len(self.dst.boxes) < n_workers:
+            raise ValueError(f"{n_workers} workers for {len(self.dst.boxes)} tiles: every worker "
+                             "needs at least one tile")
+        self.n_workers = n_workers
+        self.halo = grid.check_halo(halo, "Tunnel: halo")
+        self.tile_shape = self.dst.max_shape()
+        starts = split_balanced(len(self.dst.boxes), n_workers)
+        self.tiles_of = [list(range(starts[w], starts[w + 1])) for w in range(n_workers)]
+        self.tile_owner = np.repeat(np.arange(n_workers), np.diff(starts))
+        self._plans: dict[str, Plan] = {}
+
+    def plan(self, point: str) -> Plan:
+        """The plan for fields on ``point`` (T, U, V, F); grids differ only in the fold."""
+        if point not in self._plans:
+            self._plans[point] = Plan(self.grid.with_point(point), self.src, self.dst, self.halo,
+                                      tile_shape=self.tile_shape)
+        return self._plans[point]
+
+    @property
+    def batch_shape(self) -> tuple[int, int]:
+        return (self.tile_shape[0] + 2 * self.halo, self.tile_shape[1] + 2 * self.halo)
+
+    # ------------------------------------------------------------------ routes (per rank)
+    def model_send_routes(self, point: str, s: int) -> list[Route]:
+        """Model rank ``s``: runs of its box to pack for each worker, tiles in order."""
+        plan = self.plan(point)
+        by_worker: dict[int, list] = {}
+        for (ss, d) in plan.pairs:
+            if ss == s:
+                by_worker.setdefault(int(self.tile_owner[d]), []).append((0, plan.pack_runs(s, d)))
+        return [Route(w, parts) for w, parts in sorted(by_worker.items())]
+
+    def model_recv_routes(self, point: str, s: int) -> list[Route]:
+        """Model rank ``s``: runs of its box each worker returns, tiles in order."""
+        plan = self.plan(point)
+        by_worker: dict[int, list] = {}
+        for (d, ss) in plan.back_pairs:
+            if ss == s:
+                by_worker.setdefault(int(self.tile_owner[d]), []).append(
+                    (0, plan.back_unpack_runs(d, s)))
+        return [Route(w, parts) for w, parts in sorted(by_worker.items())]
+
+    def model_fills(self, point: str, s: int) -> dict:
+        return {0: self.plan(point).back_fill_rects(s)}
+
+    def worker_recv_routes(self, point: str, w: int) -> list[Route]:
+        """Worker ``w``: for each model rank, the runs of its batch tiles that rank fills."""
+        plan = self.plan(point)
+        local = {d: k for k, d in enumerate(self.tiles_of[w])}
+        by_src: dict[int, list] = {}
+        for (s, d) in plan.pairs:
+            if d in local:
+                by_src.setdefault(s, []).append((local[d], plan.unpack_runs(s, d)))
+        return [Route(s, parts) for s, parts in sorted(by_src.items())]
+
+    def worker_send_routes(self, point: str, w: int) -> list[Route]:
+        """Worker ``w``: for each model rank, the runs of its tiles' own boxes to send back
+        (relative to the tile's box origin; the caller shifts by the halo when present)."""
+        plan = self.plan(point)
+        local = {d: k for k, d in enumerate(self.tiles_of[w])}
+        by_src: dict[int, list] = {}
+        for (d, s) in plan.back_pairs:
+            if d in local:
+                by_src.setdefault(s, []).append((local[d], plan.back_pack_runs(d, s)))
+        return [Route(s, parts) for s, parts in sorted(by_src.items())]
+
+    def worker_fills(self, point: str, w: int) -> dict:
+        plan = self.plan(point)
+        return {k: plan.fill_rects(d) for k, d in enumerate(self.tiles_of[w])}

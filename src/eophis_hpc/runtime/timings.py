@@ -1,0 +1,55 @@
+"""Per-phase timings of a coupled run with bounded memory (totals plus the last N samples)."""
+from __future__ import annotations
+
+import time
+from collections import deque
+from contextlib import contextmanager
+
+import numpy as np
+
+
+class Timings:
+    """Wall-clock seconds per phase (``wait``, ``recv``, ``model``, ``send``, ...) and bytes per
+    field. Memory stays flat however long the run: only the last ``keep`` samples are stored."""
+
+    def __init__(self, keep: int = 1000):
+        self.keep = keep
+        self.total: dict[str, float] = {}
+        self.count: dict[str, int] = {}
+        self.recent: dict[str, deque] = {}
+        self.bytes: dict[str, int] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.total[phase] = self.total.get(phase, 0.0) + seconds
+        self.count[phase] = self.count.get(phase, 0) + 1
+        self.recent.setdefault(phase, deque(maxlen=self.keep)).append(seconds)
+
+    @contextmanager
+    def phase(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    def add_bytes(self, field: str, nbytes: int) -> None:
+        self.bytes[field] = self.bytes.get(field, 0) + int(nbytes)
+
+    def median(self, phase: str) -> float:
+        samples = self.recent.get(phase)
+        return float(np.median(samples)) if samples else 0.0
+
+    def summary(self) -> dict:
+        """``{phase: {total, count, median, mean}}`` plus ``bytes`` per field."""
+        out = {p: {"total": self.total[p], "count": self.count[p], "median": self.median(p),
+                   "mean": self.total[p] / self.count[p]} for p in self.total}
+        return {"phases": out, "bytes": dict(self.bytes)}
+
+    def table(self, title: str) -> str:
+        lines = [title, f"  {'phase':<10} {'calls':>7} {'total s':>10} {'median ms':>10} {'mean ms':>10}"]
+        for p in self.total:
+            lines.append(f"  {p:<10} {self.count[p]:>7} {self.total[p]:>10.3f} "
+                         f"{1e3 * self.median(p):>10.3f} {1e3 * self.total[p] / self.count[p]:>10.3f}")
+        for f, b in self.bytes.items():
+            lines.append(f"  bytes {f:<14} {b / 1e6:>10.2f} MB")
+        return "\n".join(lines)
