@@ -45,7 +45,7 @@ def output_name(name: str) -> str:
 
 
 def run_model(cfg) -> None:
-    g = grid_of(cfg)
+    g = eh.Grid(**cfg.get("model_grid", cfg["grid"]))
     dec = eh.Decomposition.blocks(g, *cfg["model_blocks"])
     # the coupler's own communicator gives the rank; peek with a throwaway world rank is not
     # allowed (the split is collective), so pick the box after connecting through the rank order
@@ -98,12 +98,14 @@ def run_model(cfg) -> None:
 def run_worker(cfg) -> None:
     g = grid_of(cfg)
     h = cfg["halo"]
-    tunnel = eh.Tunnel(g, halo=h, exchanges=exchanges(cfg), tiles=cfg.get("tiles"),
+    tunnel = eh.Tunnel(g, halo=h, exchanges=exchanges(cfg), tiles=cfg.get("tiles"), dt=cfg.get("dt"),
                        strategy=cfg["strategy"], backend=cfg.get("backend"), verbose=False)
     seen = {"calls": 0}
 
     @tunnel.model
     def closure(step, **inputs):
+        if cfg.get("raise_at") == step:
+            raise RuntimeError(f"injected failure at step {step}")
         layout = tunnel.layout
         tiles = layout.tiles_of[tunnel.link.rank]
         out = {}

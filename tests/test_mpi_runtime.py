@@ -1,0 +1,80 @@
+"""Coupled runs under mpiexec: what the workers receive equals the reference tiles bit for bit
+(checked inside the workers) and what the model ranks get back equals the global result of the
+same stencil (checked inside the model ranks); both exit non-zero otherwise."""
+from __future__ import annotations
+
+import pytest
+
+from mpi_util import run_app
+
+pytestmark = pytest.mark.mpi
+
+GRIDS = {
+    "closed": {"nx": 26, "ny": 18},
+    "cyclic": {"nx": 24, "ny": 17, "east_west": "cyclic", "south": "cyclic", "north": "cyclic"},
+    "foldT": {"nx": 30, "ny": 20, "east_west": "cyclic", "north": "fold", "pivot": "T"},
+    "foldF": {"nx": 31, "ny": 19, "east_west": "cyclic", "north": "fold", "pivot": "F"},
+}
+
+EXCHANGES = [
+    {"inputs": ["u", "v"], "outputs": ["fu", "fv"], "levels": 3, "signs": {"u": -1, "v": -1},
+     "point": "V"},
+    {"inputs": ["t"], "outputs": ["ft"], "levels": 1, "every": 2, "dtype": "float32"},
+    {"inputs": ["mask"], "static": True},
+]
+
+
+def config(grid: str, blocks, strategy: str, halo: int = 2, tiles=None, model_halo: int = 0,
+           steps: int = 4, exchanges=None):
+    return {"seed": 11, "grid": GRIDS[grid], "model_blocks": list(blocks), "halo": halo,
+            "steps": steps, "strategy": strategy, "tiles": tiles, "model_halo": model_halo,
+            "exchanges": exchanges or EXCHANGES}
+
+
+def check_ok(res, p: int, q: int):
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
+    assert res.stdout.count(": OK") == p + q, res.stdout
+
+
+@pytest.mark.parametrize("strategy", ["packed", "datatype"])
+@pytest.mark.parametrize("grid,blocks,q,tiles,model_halo", [
+    ("foldT", (1, 1), 1, None, 0),     # 1:1
+    ("closed", (2, 1), 1, None, 1),    # 2:1, model arrays with their own halo
+    ("foldF", (3, 1), 2, 3, 0),        # 3:2, uneven tiles stacked into batches
+    ("cyclic", (2, 2), 2, 4, 2),       # 4:2
+    ("foldT", (2, 2), 2, None, 0),     # 4:2
+])
+def test_coupled_round_trip(tmp_path, strategy, grid, blocks, q, tiles, model_halo):
+    p = blocks[0] * blocks[1]
+    res = run_app(tmp_path, config(grid, blocks, strategy, tiles=tiles, model_halo=model_halo), p, q)
+    check_ok(res, p, q)
+
+
+def test_halo_wider_than_a_model_box(tmp_path):
+    res = run_app(tmp_path, config("foldT", (3, 1), "packed", halo=12), 3, 1)
+    check_ok(res, 3, 1)
+
+
+def test_frequency_in_seconds(tmp_path):
+    ex = [{"inputs": ["u"], "outputs": ["fu"], "levels": 2, "freq": 3600}]
+    cfg = config("foldT", (2, 1), "datatype", exchanges=ex, steps=7)
+    cfg["dt"] = 1200
+    res = run_app(tmp_path, cfg, 2, 1)
+    check_ok(res, 2, 1)
+    assert "OK after 3 calls" in res.stdout  # steps 0, 3 and 6
+
+
+def test_grid_mismatch_stops_every_rank(tmp_path):
+    cfg = config("foldT", (2, 1), "packed")
+    cfg["model_grid"] = dict(GRIDS["foldT"], nx=32)
+    res = run_app(tmp_path, cfg, 2, 1, timeout=60)
+    assert res.returncode != 0
+    assert "grid mismatch: the model says nx=32, the workers' tunnel says nx=30" in res.stderr
+
+
+def test_model_exception_ends_the_job(tmp_path):
+    cfg = config("closed", (2, 1), "packed")
+    cfg["raise_at"] = 2
+    res = run_app(tmp_path, cfg, 2, 1, timeout=60)
+    assert res.returncode != 0
+    assert "injected failure at step 2" in res.stderr
