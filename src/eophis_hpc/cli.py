@@ -1,0 +1,75 @@
+"""Command line: ``eophis-hpc demo | run | info``."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eophis-hpc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="coupled NumPy ocean + GZ21-shaped CNN workers, checked "
+                                       "against a single-process run")
+    demo.add_argument("--model-ranks", type=_positive, default=2)
+    demo.add_argument("--workers", type=_positive, default=1)
+    demo.add_argument("--tiles", type=_positive, default=None,
+                      help="tiles in all (default: one per worker)")
+    demo.add_argument("--steps", type=_positive, default=300)
+    demo.add_argument("--grid", default="ORCA2", help="grid preset (ORCA2, ORCA1, eORCA05, ...)")
+    demo.add_argument("--levels", type=_positive, default=4)
+    demo.add_argument("--strategy", choices=("packed", "datatype"), default="packed")
+    demo.add_argument("--backend", choices=("cython", "numba", "numpy"), default=None)
+    demo.add_argument("--cnn", choices=("light", "full"), default="light",
+                      help="hidden channels: light (16, 8, ...) or the published 128, 64, 32...")
+    demo.add_argument("--weights", default=None, help="state-dict file for the CNN")
+    demo.add_argument("--out", default="demo-output", help="folder for results and the figure")
+
+    run = sub.add_parser("run", help="launch a model and a closure as one MPMD job")
+    run.add_argument("--model-ranks", "-n", type=_positive, required=True)
+    run.add_argument("--workers", "-w", type=_positive, required=True)
+    run.add_argument("--dry-run", action="store_true", help="print the command only")
+    run.add_argument("model", help="model program (a .py runs with this Python)")
+    run.add_argument("closure", help="worker script (.py)")
+    run.add_argument("--model-args", default="", help="arguments of the model, one string")
+    run.add_argument("--closure-args", default="", help="arguments of the closure, one string")
+
+    sub.add_parser("info", help="versions, MPI library, kernel backends, frameworks")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from .demo.run import main as demo_main
+        return demo_main(args)
+    if args.command == "run":
+        import shlex
+
+        from .launch import command_for, mpmd_command
+        cmd = mpmd_command(args.model_ranks, command_for(args.model, shlex.split(args.model_args)),
+                           args.workers, command_for(args.closure, shlex.split(args.closure_args)))
+        print(" ".join(shlex.quote(c) for c in cmd), flush=True)
+        if args.dry_run:
+            return 0
+        return subprocess.run(cmd).returncode
+    if args.command == "info":
+        from .info import report
+        print(report())
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""``eophis-hpc demo``: launch the coupled ocean + CNN job, rerun it in one process, compare,
+print the cost table and save a figure."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..launch import mpmd_command
+
+
+def reference_run(cfg: dict) -> dict:
+    """The same simulation on the global arrays, with the CNN applied to the whole field
+    extended by the boundary semantics of DESIGN.md (no decomposition at all)."""
+    import torch
+
+    import eophis_hpc as eh
+    from eophis_hpc.decomposition import Box
+    from eophis_hpc.reference import extend
+
+    from . import gz21
+    from .ocean import advance, coriolis, initial_state, wind
+
+    torch.set_num_threads(cfg.get("threads", 1))
+    grid = eh.Grid.preset(cfg["grid"])
+    nz = cfg["levels"]
+    net = gz21.build(gz21.FULL_WIDTHS if cfg["cnn"] == "full" else gz21.LIGHT_WIDTHS,
+                     weights=cfg.get("weights"))
+    u, v = initial_state(grid, nz)
+    f = coriolis(grid, 0, grid.ny)
+    tx, ty = wind(grid, Box(0, grid.ny, 0, grid.nx), nz)
+    su = sv = None
+    for _ in range(cfg["steps"]):
+        ue = extend(u, grid, gz21.HALO, sign=-1.0).astype(np.float32)[None]
+        ve = extend(v, grid, gz21.HALO, sign=-1.0).astype(np.float32)[None]
+        su_t, sv_t = gz21.apply(net, torch.from_numpy(ue), torch.from_numpy(ve))
+        su, sv = su_t.numpy()[0].astype(np.float64), sv_t.numpy()[0].astype(np.float64)
+        u, v = advance(extend(u, grid, 1, -1.0), extend(v, grid, 1, -1.0), su, sv, f, tx, ty)
+    return {"u": u, "v": v, "su": su, "sv": sv}
+
+
+def plot(out_dir: Path, grid_name: str, coupled: dict) -> Path:
+    """Model field and CNN output side by side on the model grid (level 0)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True)
+    speed = np.hypot(coupled["u"][0], coupled["v"][0])
+    for ax, data, title, cmap in ((axes[0], speed, "ocean speed |u| (level 0)", "viridis"),
+                                  (axes[1], coupled["su"][0], "CNN forcing Su (level 0)", "RdBu_r")):
+        lim = np.max(np.abs(data)) if cmap == "RdBu_r" else None
+        im = ax.imshow(data, origin="lower", cmap=cmap, vmin=-lim if lim else None, vmax=lim,
+                       aspect="auto")
+        ax.set_title(title)
+        ax.set_xlabel("i (east)")
+        ax.set_ylabel("j (north)")
+        fig.colorbar(im, ax=ax, shrink=0.9)
+    fig.suptitle(f"eophis_hpc demo on {grid_name}: model ranks + GZ21-shaped CNN workers")
+    path = out_dir / "demo.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(args) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("eophis-hpc demo needs PyTorch for the CNN workers. Install the extra:\n"
+              "    python -m pip install 'eophis_hpc[torch]'   (pins the CPU wheel torch==2.13.0)",
+              file=sys.stderr)
+        return 2
+    import eophis_hpc as eh
+    from eophis_hpc.decomposition import best_factors
+
+    grid = eh.Grid.preset(args.grid)
+    best_factors(args.model_ranks, grid.nx, grid.ny)  # fails early with a clear message
+    out_dir = Path(args.out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*_timings.json"):
+        old.unlink()
+    cfg = {"grid": grid.name, "levels": args.levels, "steps": args.steps,
+           "model_ranks": args.model_ranks, "workers": args.workers, "tiles": args.tiles,
+           "strategy": args.strategy, "backend": args.backend, "cnn": args.cnn,
+           "weights": args.weights, "threads": 1}
+    cfg_path = out_dir / "config.json"
+    cfg_path.write_text(json.dumps(cfg, indent=1))
+    cmd = mpmd_command(args.model_ranks, [sys.executable, "-m", "eophis_hpc.demo.ocean",
+                                          str(out_dir), str(cfg_path)],
+                       args.workers, [sys.executable, "-m", "eophis_hpc.demo.closure",
+                                      str(out_dir), str(cfg_path)])
+    print(f"eophis_hpc demo: {grid.describe()}, {args.levels} level(s), {args.steps} steps, "
+          f"{args.model_ranks} model rank(s) -> {args.workers} worker(s), strategy {args.strategy}")
+    print("  $ " + " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd)
+    if res.returncode != 0:
+        print(f"eophis_hpc demo: the coupled job failed (exit {res.returncode})", file=sys.stderr)
+        return res.returncode
+    coupled_wall = time.perf_counter() - t0
+    print("  reference: the same run in one process on the global field ...", flush=True)
+    t1 = time.perf_counter()
+    ref = reference_run(cfg)
+    ref_wall = time.perf_counter() - t1
+    with np.load(out_dir / "coupled.npz") as data:
+        coupled = {k: data[k] for k in data.files}
+    diff = max(float(np.max(np.abs(coupled[k] - ref[k]))) for k in ref)
+    scale = max(float(np.max(np.abs(ref[k]))) for k in ("u", "v"))
+    tol = 1e-4 * scale
+    passed = diff <= tol and all(np.all(np.isfinite(coupled[k])) for k in coupled)
+    model_t = json.loads((out_dir / "model_timings.json").read_text())
+    workers = [json.loads(p.read_text())["phases"] for p in sorted(out_dir.glob("worker_*_timings.json"))]
+    infer = float(np.median([w["model"]["median"] for w in workers if "model" in w]))
+    exch = max(model_t["coupling_median"] - infer, 0.0)
+    step = model_t["model_median"] + model_t["coupling_median"]
+    rows = [
+        ("grid", grid.describe()),
+        ("ranks", f"{args.model_ranks} model : {args.workers} worker(s)"),
+        ("steps x levels", f"{args.steps} x {args.levels}"),
+        ("bytes per step", f"{model_t['bytes_per_step'] / 1e6:.2f} MB (put + get, all model ranks)"),
+        ("model time / step", f"{1e3 * model_t['model_median']:.2f} ms (median over ranks)"),
+        ("exchange time / step", f"{1e3 * exch:.2f} ms (put + get minus inference)"),
+        ("inference time / step", f"{1e3 * infer:.2f} ms (CNN on the workers)"),
+        ("coupling overhead", f"{100 * exch / step:.1f} % of the model step"),
+        ("wall time", f"coupled {coupled_wall:.1f} s, single-process reference {ref_wall:.1f} s"),
+    ]
+    print("\n" + "\n".join(f"  {k:<22} {v}" for k, v in rows))
+    png = plot(out_dir, grid.name, coupled)
+    print(f"\n  figure: {png}")
+    verdict = "PASS" if passed else "FAIL"
+    print(f"\n{verdict}: largest difference from the single-process run {diff:.3e} "
+          f"(tolerance {tol:.1e}; the CNN runs in float32 on tiles vs the whole field)")
+    return 0 if passed else 1

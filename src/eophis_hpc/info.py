@@ -1,0 +1,36 @@
+"""``eophis-hpc info``: what this installation can do here."""
+from __future__ import annotations
+
+import importlib
+import platform
+
+
+def _version(mod: str) -> str:
+    try:
+        return getattr(importlib.import_module(mod), "__version__", "installed")
+    except Exception as exc:  # optional packages: report why they are absent
+        return f"absent ({type(exc).__name__})"
+
+
+def report() -> str:
+    from . import __version__, kernels
+    from .launch import find_mpiexec
+
+    lines = [f"eophis_hpc {__version__} on Python {platform.python_version()} "
+             f"({platform.machine()}, {platform.system()})"]
+    for mod in ("numpy", "numba", "mpi4py", "torch", "cupy", "jax", "pyoasis"):
+        lines.append(f"  {mod:<8} {_version(mod)}")
+    try:
+        from mpi4py import MPI
+        lib = MPI.Get_library_version().splitlines()[0].strip()
+        lines.append(f"  MPI      {lib}")
+    except Exception as exc:
+        lines.append(f"  MPI      unavailable ({exc})")
+    try:
+        lines.append(f"  mpiexec  {find_mpiexec()}")
+    except FileNotFoundError as exc:
+        lines.append(f"  mpiexec  {exc}")
+    lines.append("  kernel backends (first available is the default):")
+    for name, state in kernels.available().items():
+        lines.append(f"    {name:<7} {state}")
+    return "\n".join(lines)
