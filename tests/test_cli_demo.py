@@ -1,0 +1,52 @@
+"""The command line: the demo main job end to end (small), run --dry-run, info, bad arguments."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXE = [sys.executable, "-m", "eophis_hpc.cli"]
+
+
+def cli(*args, timeout=300):
+    return subprocess.run(EXE + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("strategy,ranks", [("packed", ("2", "1")), ("datatype", ("3", "2"))])
+def test_demo_passes_and_reports(tmp_path, strategy, ranks):
+    pytest.importorskip("torch", reason="the demo's CNN needs torch (the [test] extra installs it)")
+    pytest.importorskip("matplotlib", reason="the demo's figure needs matplotlib")
+    res = cli("demo", "--steps", "6", "--levels", "2", "--model-ranks", ranks[0], "--workers",
+              ranks[1], "--strategy", strategy, "--out", str(tmp_path))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "PASS: largest difference" in res.stdout
+    for row in ("bytes per step", "model time / step", "exchange time / step",
+                "inference time / step", "coupling overhead"):
+        assert row in res.stdout
+    png = tmp_path / "demo.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_rejects_bad_arguments():
+    res = cli("demo", "--model-ranks", "0")
+    assert res.returncode == 2 and "expected a positive integer" in res.stderr
+    res = cli("demo", "--strategy", "magic")
+    assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_run_dry_run_builds_the_mpmd_line(tmp_path):
+    res = cli("run", "-n", "4", "-w", "2", "ocean.py", "closure.py", "--model-args", "--days 3",
+              "--dry-run")
+    assert res.returncode == 0, res.stderr
+    line = res.stdout.strip()
+    assert "-n 4" in line and "ocean.py --days 3 : -n 2" in line and line.endswith("closure.py")
+    assert Path(line.split()[0]).name == "mpiexec"
+
+
+def test_info_lists_backends():
+    res = cli("info")
+    assert res.returncode == 0, res.stderr
+    assert "cython  ok" in res.stdout and "MPICH" in res.stdout
