@@ -69,7 +69,7 @@ def test_grid_mismatch_stops_every_rank(tmp_path):
     cfg["model_grid"] = dict(GRIDS["foldT"], nx=32)
     res = run_app(tmp_path, cfg, 2, 1, timeout=60)
     assert res.returncode != 0
-    assert "grid mismatch: the model says nx=32, the workers' tunnel says nx=30" in res.stderr
+    assert res.stderr.count("grid mismatch: the model says nx=32, the workers' tunnel says nx=30") == 1
 
 
 def test_model_exception_ends_the_job(tmp_path):
@@ -78,3 +78,27 @@ def test_model_exception_ends_the_job(tmp_path):
     res = run_app(tmp_path, cfg, 2, 1, timeout=60)
     assert res.returncode != 0
     assert "injected failure at step 2" in res.stderr
+
+
+def test_bad_put_on_one_rank_ends_the_job(tmp_path):
+    cfg = config("foldT", (2, 1), "packed")
+    cfg["bad_put"] = [1, 2]
+    res = run_app(tmp_path, cfg, 2, 1, timeout=60)
+    assert res.returncode != 0
+    assert "put('u'): shape (3, 2, 2) does not match the box (3, 20, 15)" in res.stderr
+    assert "uncaught exception on world rank 1" in res.stderr
+
+
+def test_no_worker_ranks_is_a_clear_error(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from mpi_util import APPS, mpiexec
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(config("closed", (2, 1), "packed")))
+    res = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(APPS / "coupled_check.py"),
+                          "model", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert res.stderr.count("no worker rank in this MPI job") == 1, res.stderr

@@ -66,6 +66,8 @@ def run_model(cfg) -> None:
                 continue
             for name in ex.inputs:
                 glb = field(cfg, name, step, ex.levels, ex.dtype)
+                if cfg.get("bad_put") == [rank, step]:  # a wrong shape on one rank only
+                    cpl.put(name, np.zeros((ex.levels, 2, 2), dtype=ex.dtype), step)
                 if mh:  # the model's own halo around the box: put with an offset, no copy
                     arr = np.full((ex.levels, box.j1 - box.j0 + 2 * mh, box.i1 - box.i0 + 2 * mh),
                                   np.nan, dtype=ex.dtype)

@@ -42,7 +42,7 @@ def model_side(link: Link, grid: Grid, box, holes: bool, fields: dict | None):
         reply = link.inter.recv(source=0, tag=TAG_HANDSHAKE)
     reply = link.comm.bcast(reply, root=0)
     if reply["error"]:
-        raise CouplingError(reply["error"])
+        raise CouplingError(reply["error"], collective=True)
     layout = Layout(grid, reply["boxes"], reply["n_workers"], reply["halo"],
                     holes=holes, tiles=reply["tiles"])
     schedule = Schedule.from_dict(reply["schedule"], grid.point)
@@ -70,7 +70,7 @@ def worker_side(link: Link, grid: Grid, halo: int, schedule: Schedule, n_tiles, 
         link.inter.send(reply, dest=0, tag=TAG_HANDSHAKE)
     reply = link.comm.bcast(reply, root=0)
     if reply["error"]:
-        raise CouplingError(reply["error"])
+        raise CouplingError(reply["error"], collective=True)
     holes = link.comm.bcast(request["holes"] if link.is_root else None, root=0)
     layout = Layout(grid, reply["boxes"], reply["n_workers"], reply["halo"], holes=holes,
                     tiles=reply["tiles"])

@@ -3,6 +3,9 @@ to move one field's runs to or from several peers (persistent packed buffers, or
 datatypes over the user's memory)."""
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 
 from .. import kernels
@@ -15,7 +18,37 @@ ROLES = ("model", "worker")
 
 
 class CouplingError(RuntimeError):
-    """A mismatch or fault that stops every rank of the coupled job with the same message."""
+    """A mismatch or fault of the coupled run. ``collective`` errors are raised with the same
+    message on every rank (handshake mismatches): the message is printed once."""
+
+    def __init__(self, message: str, collective: bool = False):
+        super().__init__(message)
+        self.collective = collective
+
+
+def install_abort_hook(world) -> None:
+    """Make an uncaught exception on any rank end the whole MPI job (print, then Abort) instead
+    of leaving the other ranks waiting forever, as ``python -m mpi4py`` does. Set
+    EOPHIS_HPC_ABORT_ON_ERROR=0 to keep Python's own hook."""
+    if os.environ.get("EOPHIS_HPC_ABORT_ON_ERROR", "1") == "0":
+        return
+    if getattr(sys.excepthook, "_eophis_hpc", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if isinstance(exc, CouplingError) and exc.collective:
+            if world.rank == 0:  # every rank has the same message: print it once
+                print(f"eophis_hpc: {exc}", file=sys.stderr, flush=True)
+        else:
+            print(f"eophis_hpc: uncaught exception on world rank {world.rank}; aborting the job",
+                  file=sys.stderr, flush=True)
+            previous(exc_type, exc, tb)
+            sys.stderr.flush()
+        world.Abort(1)
+
+    hook._eophis_hpc = True
+    sys.excepthook = hook
 
 
 def mpi():
@@ -34,6 +67,7 @@ class Link:
         MPI = mpi()
         self.role = role
         self.world = MPI.COMM_WORLD if world is None else world
+        install_abort_hook(self.world)
         roles = self.world.allgather(role)
         other = ROLES[1 - ROLES.index(role)]
         if other not in roles:
@@ -41,7 +75,7 @@ class Link:
             raise CouplingError(
                 f"no {other} rank in this MPI job ({len(roles)} ranks, all '{role}'): launch both "
                 "sides in one job, e.g. mpiexec -n P python ocean.py : -n Q python closure.py "
-                "(or eophis-hpc run)")
+                "(or eophis-hpc run)", collective=True)
         self.comm = self.world.Split(ROLES.index(role), self.world.rank)
         remote_leader = roles.index(other)
         self.inter = self.comm.Create_intercomm(0, self.world, remote_leader, TAG_HANDSHAKE)
