@@ -102,3 +102,12 @@ def test_no_worker_ranks_is_a_clear_error(tmp_path):
                           "model", str(cfg)], capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
     assert res.stderr.count("no worker rank in this MPI job") == 1, res.stderr
+
+
+@pytest.mark.parametrize("strategy", ["packed", "datatype"])
+def test_router_gets_every_due_exchange_at_once(tmp_path, strategy):
+    cfg = config("foldF", (2, 1), strategy, steps=5)
+    cfg["router"] = True
+    res = run_app(tmp_path, cfg, 2, 2)
+    check_ok(res, 2, 2)
+    assert "OK after 5 calls" in res.stdout  # one call per step, both exchanges at even steps

@@ -56,6 +56,7 @@ class Tunnel:
         self.static: dict[str, np.ndarray] = {}
         self.timings = Timings()
         self._models: dict = {}
+        self._router = None
         self.layout = None
 
     @property
@@ -74,6 +75,18 @@ class Tunnel:
             self._models[exchange] = f
             return f
         return register(fn) if fn is not None else register
+
+    def router(self, fn):
+        """Decorator registering an all-in-all-out model (Eophis' ``@all_in_all_out``): called
+        once per step with every input of the tunnel (None when its exchange is not due) and the
+        static fields; returns ``{output: array or None}``. The model ranks must put every input
+        of a step before they get any output of it."""
+        if not callable(fn):
+            raise TypeError(f"Tunnel.router: {fn!r} is not callable")
+        if self._models:
+            raise ValueError("Tunnel.router: a per-exchange @tunnel.model is already registered")
+        self._router = fn
+        return fn
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
@@ -126,48 +139,101 @@ class Tunnel:
     def _loop(self, steps: int | None) -> None:
         for e in range(len(self.exchanges)):
             self._post(e)
-        note = np.empty(2, dtype=np.int64)
+        self._note = np.empty(2, dtype=np.int64)
         done = 0
         while steps is None or done < steps:
-            t0 = time.perf_counter()
-            self.link.inter.Recv(note, source=0, tag=TAG_CONTROL)
-            self.timings.add("wait", time.perf_counter() - t0)
-            e, step = int(note[0]), int(note[1])
+            e, step = self._next_note()
             if e < 0:
                 break
-            self._occurrence(e, step)
+            group = [e]
+            if self._router is not None and not self.exchanges[e].static:
+                due = [x for x, ex in enumerate(self.exchanges)
+                       if not ex.static and self.schedule.due(x, step)]
+                while len(group) < len(due):
+                    e2, step2 = self._next_note()
+                    if e2 not in due or e2 in group or step2 != step:
+                        raise CouplingError(
+                            f"router: at step {step} the model ranks must put the inputs of every "
+                            f"due exchange {due} before any get (got exchange {e2} at step {step2})")
+                    group.append(e2)
+            self._occurrence(group, step)
             done += 1
 
-    def _occurrence(self, e: int, step: int) -> None:
-        ex = self.exchanges[e]
+    def _next_note(self) -> tuple[int, int]:
+        """The model root's next (exchange, step) note; (-1, -1) ends the run."""
         t0 = time.perf_counter()
-        for spec in self.schedule.inputs_of(e):
+        self.link.inter.Recv(self._note, source=0, tag=TAG_CONTROL)
+        self.timings.add("wait", time.perf_counter() - t0)
+        return int(self._note[0]), int(self._note[1])
+
+    def _occurrence(self, group: list[int], step: int) -> None:
+        """Receive the inputs of the exchanges in ``group`` (due at ``step``), call the model,
+        send the outputs, post the receives of the next occurrence."""
+        t0 = time.perf_counter()
+        inputs = [spec for e in group for spec in self.schedule.inputs_of(e)]
+        for spec in inputs:
             self._receivers[spec.name].wait(self.batches[spec.name], sign=spec.sign)
             self.timings.add_bytes(spec.name, self._receivers[spec.name].bytes)
         t1 = time.perf_counter()
         self.timings.add("recv", t1 - t0)
-        if ex.static:
-            for spec in self.schedule.inputs_of(e):
+        static = self.exchanges[group[0]].static
+        if static:
+            for spec in inputs:
                 self.static[spec.name] = self.batches[spec.name]
-            if not ex.outputs:
+            if not self.exchanges[group[0]].outputs:
                 return
-        outputs = self._call_model(e, step)
+        if self._router is not None and not static:
+            outputs = self._call_router(group, step)
+        else:
+            outputs = self._call_model(group[0], step)
         t2 = time.perf_counter()
         self.timings.add("model", t2 - t1)
         sent = []
-        for spec in self.schedule.outputs_of(e):
-            arr, offset = self._check_output(spec, outputs[spec.name])
-            self._senders[spec.name].start(arr, offset)
-            self.timings.add_bytes(spec.name, self._senders[spec.name].bytes)
-            sent.append(arr)
-        if not ex.static:
-            inputs = [self.batches[s.name] for s in self.schedule.inputs_of(e)]
+        for e in group:
+            for spec in self.schedule.outputs_of(e):
+                arr, offset = self._check_output(spec, outputs[spec.name])
+                self._senders[spec.name].start(arr, offset)
+                self.timings.add_bytes(spec.name, self._senders[spec.name].bytes)
+                sent.append(arr)
+        if not static:
+            batches = [self.batches[spec.name] for spec in inputs]
             if self.strategy == "datatype" and any(np.may_share_memory(a, b) for a in sent
-                                                   for b in inputs):
-                for spec in self.schedule.outputs_of(e):  # the send still reads the batch
-                    self._senders[spec.name].wait()
-            self._post(e)
+                                                   for b in batches):
+                for e in group:  # the sends still read the batch the receives would overwrite
+                    for spec in self.schedule.outputs_of(e):
+                        self._senders[spec.name].wait()
+            for e in group:
+                self._post(e)
         self.timings.add("send", time.perf_counter() - t2)
+
+    def _call_router(self, group: list[int], step: int) -> dict:
+        """Eophis' all-in-all-out call: every input of the tunnel, None when not due; the
+        outputs of the due exchanges must come back, the others may be None or absent."""
+        due_inputs = {spec.name for e in group for spec in self.schedule.inputs_of(e)}
+        kwargs = {}
+        for x, ex in enumerate(self.exchanges):
+            if ex.static:
+                continue
+            for name in ex.inputs:
+                kwargs[name] = (device.to_framework(self.batches[name], self.framework)
+                                if name in due_inputs else None)
+        for name, batch in self.static.items():
+            kwargs[name] = device.to_framework(batch, self.framework)
+        params = inspect.signature(self._router).parameters
+        if "step" in params:
+            kwargs["step"] = step
+        result = self._router(**kwargs)
+        if not isinstance(result, dict):
+            raise CouplingError(f"the router must return a dict of outputs, got "
+                                f"{type(result).__name__}")
+        wanted = [spec.name for e in group for spec in self.schedule.outputs_of(e)]
+        missing = [n for n in wanted if result.get(n) is None]
+        unknown = [n for n in result if n not in self.schedule.fields
+                   or self.schedule.fields[n].direction != "out"]
+        if missing or unknown:
+            raise CouplingError(f"the router returned {sorted(result)} at step {step}: missing "
+                                f"due outputs {missing}, unknown outputs {unknown}")
+        return result
 
     def _call_model(self, e: int, step: int) -> dict:
         fn = self._models.get(e) or self._models.get(None)

@@ -104,7 +104,6 @@ def run_worker(cfg) -> None:
                        strategy=cfg["strategy"], backend=cfg.get("backend"), verbose=False)
     seen = {"calls": 0}
 
-    @tunnel.model
     def closure(step, **inputs):
         if cfg.get("raise_at") == step:
             raise RuntimeError(f"injected failure at step {step}")
@@ -130,6 +129,18 @@ def run_worker(cfg) -> None:
                     assert name in tunnel.static
         seen["calls"] += 1
         return out
+
+    if cfg.get("router"):  # Eophis-style: one call per step, None for inputs not due
+        @tunnel.router
+        def router(step, **inputs):
+            for ex in exchanges(cfg):
+                if not ex.static:
+                    due = tunnel.schedule.due(exchanges(cfg).index(ex), step)
+                    for name in ex.inputs:
+                        assert (inputs[name] is not None) == due, (name, step)
+            return closure(step, **{k: v for k, v in inputs.items() if v is not None})
+    else:
+        tunnel.model(closure)
 
     tunnel.run()
     print(f"worker {tunnel.link.rank}: OK after {seen['calls']} calls", flush=True)
