@@ -108,6 +108,7 @@ def test_no_worker_ranks_is_a_clear_error(tmp_path):
 def test_router_gets_every_due_exchange_at_once(tmp_path, strategy):
     cfg = config("foldF", (2, 1), strategy, steps=5)
     cfg["router"] = True
+    cfg["receive_static"] = True
     res = run_app(tmp_path, cfg, 2, 2)
     check_ok(res, 2, 2)
     assert "OK after 5 calls" in res.stdout  # one call per step, both exchanges at even steps

@@ -122,9 +122,37 @@ class Tunnel:
             self._receivers[spec.name].post(self.batches[spec.name])
 
     # ------------------------------------------------------------------ loop
+    def open(self) -> None:
+        """Join the coupled job: handshake with the model ranks, make the buffers and persistent
+        requests, post the first receives. ``run`` calls it when needed."""
+        if self.layout is not None:
+            return
+        self._setup()
+        for e in range(len(self.exchanges)):
+            self._post(e)
+        self._note = np.empty(2, dtype=np.int64)
+        self._held_note = None
+
+    def receive(self, name: str):
+        """A static field's batch ``(tiles, levels, H + 2h, W + 2h)``, received before the loop
+        (Eophis' ``tunnel.receive('mask')``)."""
+        spec = self.schedule.field(name, "Tunnel.receive")
+        if not self.exchanges[spec.exchange].static:
+            raise ValueError(f"Tunnel.receive({name!r}): only static fields are received before "
+                             "the loop; time-dependent ones reach the model")
+        self.open()
+        while name not in self.static:
+            e, step = self._next_note()
+            if e < 0 or not self.exchanges[e].static:
+                self._held_note = (e, step)
+                raise CouplingError(f"Tunnel.receive({name!r}): the model ranks did not send it "
+                                    f"before {'closing' if e < 0 else f'step {step}'}")
+            self._occurrence([e], step)
+        return device.to_framework(self.static[name], self.framework)
+
     def run(self, steps: int | None = None) -> dict:
         """Serve the model ranks until they close (or ``steps`` occurrences); returns timings."""
-        self._setup()
+        self.open()
         try:
             self._loop(steps)
         except Exception:
@@ -137,9 +165,6 @@ class Tunnel:
         return summary
 
     def _loop(self, steps: int | None) -> None:
-        for e in range(len(self.exchanges)):
-            self._post(e)
-        self._note = np.empty(2, dtype=np.int64)
         done = 0
         while steps is None or done < steps:
             e, step = self._next_note()
@@ -161,6 +186,9 @@ class Tunnel:
 
     def _next_note(self) -> tuple[int, int]:
         """The model root's next (exchange, step) note; (-1, -1) ends the run."""
+        if self._held_note is not None:
+            note, self._held_note = self._held_note, None
+            return note
         t0 = time.perf_counter()
         self.link.inter.Recv(self._note, source=0, tag=TAG_CONTROL)
         self.timings.add("wait", time.perf_counter() - t0)

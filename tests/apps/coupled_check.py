@@ -142,6 +142,15 @@ def run_worker(cfg) -> None:
     else:
         tunnel.model(closure)
 
+    if cfg.get("receive_static"):  # Eophis-style: static fields before the loop
+        for ex in exchanges(cfg):
+            for name in ex.inputs if ex.static else ():
+                got = tunnel.receive(name)
+                glb = field(cfg, name, 0, ex.levels, ex.dtype)
+                for k, d in enumerate(tunnel.layout.tiles_of[tunnel.link.rank]):
+                    box = tunnel.layout.plan(g.point).read_boxes[d]
+                    if not np.array_equal(got[k], reference_tile(glb, g, box, h)):
+                        raise AssertionError(f"static {name}: tile {d} differs")
     tunnel.run()
     print(f"worker {tunnel.link.rank}: OK after {seen['calls']} calls", flush=True)
 
