@@ -39,9 +39,11 @@ def run_mpmd(model: tuple[int, list[str]], workers: tuple[int, list[str]], timeo
                     f"--- stdout\n{out[-3000:]}\n--- stderr\n{err[-3000:]}")
 
 
-def run_app(tmp_path, config: dict, p: int, q: int, timeout: float = 120, app: str = "coupled_check.py"):
+def run_app(tmp_path, config: dict, p: int, q: int, timeout: float = 120, app: str = "coupled_check.py",
+            env: dict | None = None):
     """Run ``tests/apps/<app>`` as model (P ranks) and worker (Q ranks) with ``config``."""
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(config))
     script = str(APPS / app)
-    return run_mpmd((p, [script, "model", str(cfg)]), (q, [script, "worker", str(cfg)]), timeout)
+    return run_mpmd((p, [script, "model", str(cfg)]), (q, [script, "worker", str(cfg)]), timeout,
+                    env)

@@ -15,27 +15,33 @@ from .grid import Grid
 from .runtime import handshake
 from .runtime.schedule import FieldSpec
 from .runtime.timings import Timings
-from .transport.mpi import TAG_CONTROL, TAG_DATA, CouplingError, Link, Receiver, Sender, mpi
+from .transport.mpi import (TAG_CONTROL, TAG_DATA, CouplingError, Link, Receiver, Sender,
+                            default_timeout)
 
 STOP = -1
 STRATEGIES = ("packed", "datatype")
 
 
 def connect(grid: Grid, box, *, holes: bool = False, fields: dict | None = None,
-            strategy: str | None = None, backend: str | None = None) -> "Coupler":
+            strategy: str | None = None, backend: str | None = None,
+            timeout: float | None = None, check_finite: bool = False) -> "Coupler":
     """Join the coupled job as a model rank owning ``box`` = (j0, j1, i0, i1) of ``grid``.
 
     Collective over all model ranks. ``fields`` (optional) declares ``{name: {"levels": n,
     "dtype": "float64", "direction": "in"|"out"}}`` so that a mismatch with the workers is caught
     at the handshake. ``strategy`` (packed | datatype) defaults to the workers' choice.
+    ``timeout`` (seconds, default ``EOPHIS_HPC_TIMEOUT`` or 600) bounds every wait for the
+    workers; ``check_finite`` makes ``put`` refuse NaN/Inf, naming the first bad point.
     """
-    return Coupler(grid, box, holes=holes, fields=fields, strategy=strategy, backend=backend)
+    return Coupler(grid, box, holes=holes, fields=fields, strategy=strategy, backend=backend,
+                   timeout=timeout, check_finite=check_finite)
 
 
 class Coupler:
     """One model rank's connection to the inference workers."""
 
-    def __init__(self, grid: Grid, box, holes=False, fields=None, strategy=None, backend=None):
+    def __init__(self, grid: Grid, box, holes=False, fields=None, strategy=None, backend=None,
+                 timeout=None, check_finite=False):
         if not isinstance(grid, Grid):
             raise TypeError(f"connect: grid must be an eophis_hpc.Grid, got {type(grid).__name__}")
         if strategy is not None and strategy not in STRATEGIES:
@@ -48,19 +54,22 @@ class Coupler:
         self.box = self.layout.src.boxes[self.rank]
         self.strategy = strategy or options["strategy"]
         self.timings = Timings()
+        self.timeout = default_timeout() if timeout is None else (float(timeout) or None)
+        self.check_finite = bool(check_finite)
         self._senders: dict[str, Sender] = {}
         self._receivers: dict[str, Receiver] = {}
         for spec in self.schedule.fields.values():
-            args = (self.link.inter, spec.levels, spec.dtype, TAG_DATA + spec.index, self.strategy)
+            args = (spec.levels, spec.dtype, TAG_DATA + spec.index, self.strategy)
+            common = dict(backend=backend, timeout=self.timeout, peer_label="worker")
             if spec.direction == "in":
                 self._senders[spec.name] = Sender(
                     self.link.inter, self.layout.model_send_routes(spec.point, self.rank),
-                    *args[1:], backend=backend)
+                    *args, name=f"model rank {self.rank}: put({spec.name!r})", **common)
             else:
                 self._receivers[spec.name] = Receiver(
                     self.link.inter, self.layout.model_recv_routes(spec.point, self.rank),
-                    *args[1:], fills=self.layout.model_fills(spec.point, self.rank),
-                    backend=backend)
+                    *args, fills=self.layout.model_fills(spec.point, self.rank),
+                    name=f"model rank {self.rank}: get({spec.name!r})", **common)
         n_ex = len(self.schedule.exchanges)
         self._current = [None] * n_ex         # step of each exchange's current occurrence
         self._pending: list[set] = [set() for _ in range(n_ex)]  # outputs not yet received
@@ -135,6 +144,8 @@ class Coupler:
         if spec.direction != "in":
             raise ValueError(f"put({name!r}): {name!r} is an output of the workers; use get")
         view, offset = self._view(name, spec, array, offset, "put")
+        if self.check_finite:
+            self._check_finite(name, view[0], offset, step)
         t0 = time.perf_counter()
         if name in self._static_sent or not self._begin(spec, step):
             return False
@@ -180,6 +191,17 @@ class Coupler:
         self.timings.add("get", time.perf_counter() - t0)
         self.timings.add_bytes(name, rcv.bytes)
         return result
+
+    def _check_finite(self, name: str, arr: np.ndarray, offset, step) -> None:
+        """Refuse NaN/Inf in the rank's box, naming the first one by its global index."""
+        bj, bi = self.box.shape
+        core = arr[:, offset[0]:offset[0] + bj, offset[1]:offset[1] + bi]
+        bad = ~np.isfinite(core)
+        if bad.any():
+            k, j, i = (int(v) for v in np.argwhere(bad)[0])
+            raise ValueError(f"put({name!r}, step={step}): {core[k, j, i]} at level {k}, global "
+                             f"j={self.box.j0 + j}, i={self.box.i0 + i} (model rank {self.rank}); "
+                             f"{int(bad.sum())} non-finite values in all")
 
     def _check_open(self, what: str) -> None:
         if self._closed:

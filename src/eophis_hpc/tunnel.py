@@ -20,7 +20,8 @@ from .grid import Grid
 from .runtime import handshake
 from .runtime.schedule import Exchange, Schedule
 from .runtime.timings import Timings
-from .transport.mpi import TAG_CONTROL, TAG_DATA, CouplingError, Link, Receiver, Sender
+from .transport.mpi import (TAG_CONTROL, TAG_DATA, CouplingError, Link, Receiver, Sender,
+                            default_timeout, wait_all)
 
 STRATEGIES = ("packed", "datatype")
 
@@ -36,7 +37,8 @@ class Tunnel:
 
     def __init__(self, grid: Grid, halo: int = 0, exchanges=(), *, dt: float | None = None,
                  tiles: int | None = None, strategy: str = "packed", backend: str | None = None,
-                 framework: str = "numpy", dtype=None, fill: float = 0.0, verbose: bool = True):
+                 framework: str = "numpy", dtype=None, fill: float = 0.0, verbose: bool = True,
+                 timeout: float | None = None, check_finite: bool = False):
         if not isinstance(grid, Grid):
             raise TypeError(f"Tunnel: grid must be an eophis_hpc.Grid, got {type(grid).__name__}")
         if strategy not in STRATEGIES:
@@ -53,6 +55,8 @@ class Tunnel:
             raise ValueError(f"Tunnel: dtype must be float32 or float64, got {dtype!r}")
         self.fill = float(fill)
         self.verbose = verbose
+        self.timeout = default_timeout() if timeout is None else (float(timeout) or None)
+        self.check_finite = bool(check_finite)
         self.static: dict[str, np.ndarray] = {}
         self.timings = Timings()
         self._models: dict = {}
@@ -108,14 +112,16 @@ class Tunnel:
                 rcv = Receiver(self.link.inter, self.layout.worker_recv_routes(spec.point, w),
                                spec.levels, wire, tag, strategy,
                                fills=self.layout.worker_fills(spec.point, w), fill=self.fill,
-                               backend=self.backend)
+                               backend=self.backend, timeout=self.timeout,
+                               name=f"worker {w}: receiving {spec.name!r}", peer_label="model rank")
                 rcv.bind(batch)
                 self.batches[spec.name] = batch
                 self._receivers[spec.name] = rcv
             else:
                 self._senders[spec.name] = Sender(
                     self.link.inter, self.layout.worker_send_routes(spec.point, w), spec.levels,
-                    wire, tag, self.strategy, backend=self.backend)
+                    wire, tag, self.strategy, backend=self.backend, timeout=self.timeout,
+                    name=f"worker {w}: sending {spec.name!r}", peer_label="model rank")
 
     def _post(self, e_idx: int) -> None:
         for spec in self.schedule.inputs_of(e_idx):
@@ -190,7 +196,9 @@ class Tunnel:
             note, self._held_note = self._held_note, None
             return note
         t0 = time.perf_counter()
-        self.link.inter.Recv(self._note, source=0, tag=TAG_CONTROL)
+        req = self.link.inter.Irecv(self._note, source=0, tag=TAG_CONTROL)
+        wait_all([req], self.timeout, f"worker {self.link.rank}: waiting for the model's next "
+                 "exchange", [0], "model rank")
         self.timings.add("wait", time.perf_counter() - t0)
         return int(self._note[0]), int(self._note[1])
 
@@ -309,9 +317,23 @@ class Tunnel:
                                 f"or with the halo {full}")
         if arr.dtype not in (np.float32, np.float64):
             raise CouplingError(f"output {spec.name!r}: dtype {arr.dtype} is not float32/float64")
+        if self.check_finite:
+            self._check_finite(spec.name, arr, offset)
         if self.strategy == "datatype" and arr.dtype != np.dtype(spec.dtype):
             arr = arr.astype(spec.dtype)
         return np.ascontiguousarray(arr), offset
+
+    def _check_finite(self, name: str, arr: np.ndarray, offset) -> None:
+        """Refuse NaN/Inf in the tiles' own boxes, naming the first by its global index."""
+        tiles = self.layout.tiles_of[self.link.rank]
+        for k, d in enumerate(tiles):
+            box = self.layout.dst.boxes[d]
+            own = arr[k, :, offset[0]:offset[0] + box.j1 - box.j0, offset[1]:offset[1] + box.i1 - box.i0]
+            bad = ~np.isfinite(own)
+            if bad.any():
+                lev, j, i = (int(v) for v in np.argwhere(bad)[0])
+                raise CouplingError(f"output {name!r}: the model returned {own[lev, j, i]} at level "
+                                    f"{lev}, global j={box.j0 + j}, i={box.i0 + i} (tile {d})")
 
     def _teardown(self) -> None:
         for obj in list(self._receivers.values()) + list(self._senders.values()):

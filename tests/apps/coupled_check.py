@@ -6,7 +6,10 @@ Usage: python coupled_check.py model|worker config.json. Exits non-zero on any m
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 
 import numpy as np
 
@@ -53,7 +56,7 @@ def run_model(cfg) -> None:
     rank = MPI.COMM_WORLD.rank  # model ranks come first in an MPMD launch
     box = dec.boxes[rank]
     mh = cfg.get("model_halo", 0)
-    cpl = eh.connect(g, box)
+    cpl = eh.connect(g, box, check_finite=cfg.get("check_finite", False))
     assert cpl.comm.rank == rank
     h = cfg["halo"]
     static = [ex for ex in exchanges(cfg) if ex.static]
@@ -66,6 +69,13 @@ def run_model(cfg) -> None:
                 continue
             for name in ex.inputs:
                 glb = field(cfg, name, step, ex.levels, ex.dtype)
+                if cfg.get("kill_model") == [rank, step]:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if cfg.get("stall_model") == [rank, step]:  # alive but never puts again
+                    time.sleep(3600)
+                if cfg.get("nan_put") == [rank, step]:
+                    glb = glb.copy()
+                    glb[0, box.j0 + 1, box.i0 + 2] = np.nan
                 if cfg.get("bad_put") == [rank, step]:  # a wrong shape on one rank only
                     cpl.put(name, np.zeros((ex.levels, 2, 2), dtype=ex.dtype), step)
                 if mh:  # the model's own halo around the box: put with an offset, no copy
@@ -101,12 +111,15 @@ def run_worker(cfg) -> None:
     g = grid_of(cfg)
     h = cfg["halo"]
     tunnel = eh.Tunnel(g, halo=h, exchanges=exchanges(cfg), tiles=cfg.get("tiles"), dt=cfg.get("dt"),
+                       check_finite=cfg.get("check_finite", False),
                        strategy=cfg["strategy"], backend=cfg.get("backend"), verbose=False)
     seen = {"calls": 0}
 
     def closure(step, **inputs):
         if cfg.get("raise_at") == step:
             raise RuntimeError(f"injected failure at step {step}")
+        if cfg.get("kill_worker_at") == step:
+            os.kill(os.getpid(), signal.SIGKILL)
         layout = tunnel.layout
         tiles = layout.tiles_of[tunnel.link.rank]
         out = {}
@@ -122,6 +135,10 @@ def run_worker(cfg) -> None:
                     raise AssertionError(f"worker {tunnel.link.rank}: tile {d} of {name} at step "
                                          f"{step} differs from the reference")
             out[output_name(name)] = stencil(batch, h)
+            if cfg.get("bad_output_at") == step:
+                out[output_name(name)] = out[output_name(name)][:, :, 1:]
+            if cfg.get("nan_output_at") == step:
+                out[output_name(name)][0, 0, h, h] = np.inf
         # static fields reach the model too
         for ex in exchanges(cfg):
             if ex.static:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -26,6 +27,41 @@ class CouplingError(RuntimeError):
         self.collective = collective
 
 
+def default_timeout() -> float | None:
+    """Seconds a rank waits for its peers before it declares them lost and ends the job
+    (``EOPHIS_HPC_TIMEOUT``, default 600; 0 or 'none' waits forever)."""
+    text = os.environ.get("EOPHIS_HPC_TIMEOUT", "600").strip().lower()
+    try:
+        value = float(text) if text not in ("", "none", "inf") else 0.0
+    except ValueError:
+        raise ValueError(f"EOPHIS_HPC_TIMEOUT={text!r} is not a number of seconds") from None
+    return value if value > 0 else None
+
+
+def wait_all(requests: list, timeout: float | None, what: str, peers=None, peer_label="rank"):
+    """Complete ``requests`` like Waitall, but give up after ``timeout`` seconds with a
+    CouplingError naming ``what`` and the peers that did not answer (no hang)."""
+    MPI = mpi()
+    if not requests:
+        return
+    if timeout is None:
+        MPI.Request.Waitall(requests)
+        return
+    if MPI.Request.Testall(requests):
+        return
+    t_end = time.monotonic() + timeout
+    polls = 0
+    while not MPI.Request.Testall(requests):
+        polls += 1
+        if polls % 512 == 0:
+            if time.monotonic() > t_end:
+                late = [p for p, r in zip(peers or range(len(requests)), requests) if not r.Test()]
+                raise CouplingError(f"{what}: no answer from {peer_label} {late} after {timeout:g} s "
+                                    "(a rank stopped or died?); set EOPHIS_HPC_TIMEOUT or "
+                                    "timeout= to wait longer")
+            os.sched_yield()  # give the core to a co-located rank while waiting
+
+
 def install_abort_hook(world) -> None:
     """Make an uncaught exception on any rank end the whole MPI job (print, then Abort) instead
     of leaving the other ranks waiting forever, as ``python -m mpi4py`` does. Set
@@ -40,6 +76,8 @@ def install_abort_hook(world) -> None:
         if isinstance(exc, CouplingError) and exc.collective:
             if world.rank == 0:  # every rank has the same message: print it once
                 print(f"eophis_hpc: {exc}", file=sys.stderr, flush=True)
+            else:
+                time.sleep(2.0)  # let rank 0 print and end the job first
         else:
             print(f"eophis_hpc: uncaught exception on world rank {world.rank}; aborting the job",
                   file=sys.stderr, flush=True)
@@ -188,8 +226,10 @@ class Sender:
     """
 
     def __init__(self, comm, routes: list[Route], nz: int, dtype, tag: int, strategy: str,
-                 backend=None):
+                 backend=None, timeout: float | None = None, name: str = "send",
+                 peer_label: str = "rank"):
         self.comm, self.routes, self.nz, self.tag = comm, routes, nz, tag
+        self.timeout, self.name, self.peer_label = timeout, name, peer_label
         self.dtype = np.dtype(dtype)
         self.strategy = strategy
         self.kern = kernels.get(backend)
@@ -232,7 +272,8 @@ class Sender:
 
     def wait(self) -> None:
         if self.requests:
-            mpi().Request.Waitall(self.requests)
+            wait_all(self.requests, self.timeout, self.name, [r.peer for r in self.routes],
+                     self.peer_label)
             self.requests = []
             self._pending = None
 
@@ -254,8 +295,10 @@ class Receiver:
     """
 
     def __init__(self, comm, routes: list[Route], nz: int, dtype, tag: int, strategy: str,
-                 fills: dict | None = None, fill: float = 0.0, backend=None):
+                 fills: dict | None = None, fill: float = 0.0, backend=None,
+                 timeout: float | None = None, name: str = "receive", peer_label: str = "rank"):
         self.comm, self.routes, self.nz, self.tag = comm, routes, nz, tag
+        self.timeout, self.name, self.peer_label = timeout, name, peer_label
         self.fill_value = fill
         self.dtype = np.dtype(dtype)
         self.strategy = strategy
@@ -323,7 +366,8 @@ class Receiver:
         """Complete the receives and leave the field in ``target``."""
         if not self.requests and self.routes:
             raise RuntimeError("Receiver.wait: nothing was posted")
-        mpi().Request.Waitall(self.requests)
+        wait_all(self.requests, self.timeout, self.name, [r.peer for r in self.routes],
+                 self.peer_label)
         self.requests = []
         if self.strategy == "packed":
             self._fill(target, offset)

@@ -1,0 +1,67 @@
+"""Fault injection under mpiexec: every fault ends the whole job within a bound, with a non-zero
+exit and a message naming the cause; the test itself fails (not hangs) past its time limit."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mpi_util import run_app
+from test_mpi_runtime import config
+
+pytestmark = pytest.mark.mpi
+FAST = {"EOPHIS_HPC_TIMEOUT": "4"}
+
+
+def run_fault(tmp_path, p=2, q=1, limit=60, env=None, **fault):
+    cfg = config("foldT", (p, 1), "packed", steps=4)
+    cfg.update(fault)
+    t0 = time.monotonic()
+    res = run_app(tmp_path, cfg, p, q, timeout=limit, env=env)
+    return res, time.monotonic() - t0
+
+
+def test_killed_worker_ends_the_job(tmp_path):
+    res, wall = run_fault(tmp_path, kill_worker_at=2, env=FAST)
+    assert res.returncode != 0
+    assert "BAD TERMINATION" in res.stdout + res.stderr and "signal 9" in (res.stdout + res.stderr)
+    assert wall < 30
+
+
+def test_killed_model_rank_ends_the_job(tmp_path):
+    res, wall = run_fault(tmp_path, kill_model=[1, 2], env=FAST)
+    assert res.returncode != 0
+    assert wall < 30
+
+
+def test_stalled_model_rank_times_out_on_the_workers(tmp_path):
+    res, wall = run_fault(tmp_path, stall_model=[1, 2], env=FAST)
+    assert res.returncode != 0
+    err = res.stderr
+    assert "no answer from model rank [1] after 4 s" in err, err[-3000:]
+    assert wall < 30
+
+
+def test_wrong_output_shape_names_the_output(tmp_path):
+    res, _ = run_fault(tmp_path, bad_output_at=1)
+    assert res.returncode != 0
+    assert "output 'fu': shape" in res.stderr and "expected" in res.stderr
+
+
+def test_non_finite_put_is_refused_with_its_global_index(tmp_path):
+    res, _ = run_fault(tmp_path, nan_put=[1, 2], check_finite=True)
+    assert res.returncode != 0
+    # rank 1 owns i in [15, 30): the NaN sits at local (1, 2) -> global j=1, i=17
+    assert "put('u', step=2): nan at level 0, global j=1, i=17 (model rank 1)" in res.stderr
+
+
+def test_non_finite_output_is_refused_with_its_global_index(tmp_path):
+    res, _ = run_fault(tmp_path, nan_output_at=3, check_finite=True)
+    assert res.returncode != 0
+    assert "output 'fu': the model returned inf at level 0, global j=2, i=2" in res.stderr
+
+
+def test_normal_end_exits_zero_without_abort(tmp_path):
+    res, _ = run_fault(tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Abort" not in res.stderr and "aborting" not in res.stderr
