@@ -161,10 +161,11 @@ class Tunnel:
         self.open()
         try:
             self._loop(steps)
-        except Exception:
+        except Exception as exc:
             tb = traceback.format_exc()
-            print(f"eophis_hpc worker {self.link.rank}: aborting the coupled job:\n{tb}",
-                  file=sys.stderr, flush=True)
+            print(f"eophis_hpc worker {self.link.rank}: aborting the coupled job: "
+                  f"{type(exc).__name__}: {exc}\n{tb}", file=sys.stderr, flush=True)
+            time.sleep(0.5)  # let mpiexec forward the output before the job is torn down
             self.link.world.Abort(1)
         summary = self.timings.summary()
         self._teardown()

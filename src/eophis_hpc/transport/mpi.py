@@ -78,11 +78,12 @@ def install_abort_hook(world) -> None:
                 print(f"eophis_hpc: {exc}", file=sys.stderr, flush=True)
             else:
                 time.sleep(2.0)  # let rank 0 print and end the job first
-        else:
-            print(f"eophis_hpc: uncaught exception on world rank {world.rank}; aborting the job",
-                  file=sys.stderr, flush=True)
+        else:  # the cause first, in one line, then the traceback
+            print(f"eophis_hpc: uncaught exception on world rank {world.rank}, aborting the job: "
+                  f"{exc_type.__name__}: {exc}", file=sys.stderr, flush=True)
             previous(exc_type, exc, tb)
             sys.stderr.flush()
+            time.sleep(0.5)  # let mpiexec forward the output before the job is torn down
         world.Abort(1)
 
     hook._eophis_hpc = True
