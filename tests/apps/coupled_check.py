@@ -39,6 +39,12 @@ def stencil(x: np.ndarray, h: int) -> np.ndarray:
     return (north - south) + 2 * (east - west) + core
 
 
+def rss_kb() -> int:
+    """Resident memory of this process in KiB (Linux /proc)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
 def exchanges(cfg):
     return [eh.Exchange(**ex) for ex in cfg["exchanges"]]
 
@@ -63,7 +69,10 @@ def run_model(cfg) -> None:
     for ex in static:
         for name in ex.inputs:
             cpl.put(name, np.ascontiguousarray(field(cfg, name, 0, ex.levels, ex.dtype)[:, box.j0:box.j1, box.i0:box.i1]), 0)
+    rss_start = None
     for step in range(cfg["steps"]):
+        if step == cfg["steps"] // 4:
+            rss_start = rss_kb()
         for ex in exchanges(cfg):
             if ex.static:
                 continue
@@ -103,6 +112,8 @@ def run_model(cfg) -> None:
                     sys.exit(f"model rank {rank}: {output_name(name)} at step {step} differs at "
                              f"{len(bad)} points, first {bad[0].tolist()}: {got[tuple(bad[0])]} vs "
                              f"{want[tuple(bad[0])]}")
+    if rss_start is not None:
+        print(f"model rank {rank}: rss growth {rss_kb() - rss_start} KiB", flush=True)
     cpl.close()
     print(f"model rank {rank}: OK", flush=True)
 
@@ -145,6 +156,10 @@ def run_worker(cfg) -> None:
                 for name in ex.inputs:
                     assert name in tunnel.static
         seen["calls"] += 1
+        if seen["calls"] == cfg["steps"] // 4:
+            seen["rss"] = rss_kb()
+        if "rss" in seen:
+            seen["rss_last"] = rss_kb()
         return out
 
     if cfg.get("router"):  # Eophis-style: one call per step, None for inputs not due
@@ -169,6 +184,9 @@ def run_worker(cfg) -> None:
                     if not np.array_equal(got[k], reference_tile(glb, g, box, h)):
                         raise AssertionError(f"static {name}: tile {d} differs")
     tunnel.run()
+    if "rss" in seen:
+        print(f"worker {tunnel.link.rank}: rss growth {seen['rss_last'] - seen['rss']} KiB",
+              flush=True)
     print(f"worker {tunnel.link.rank}: OK after {seen['calls']} calls", flush=True)
 
 
