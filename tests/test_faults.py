@@ -82,3 +82,45 @@ def test_soak_memory_stays_flat(tmp_path):
         growth = [int(g) for g in re.findall(r"rss growth (-?\d+) KiB", res.stdout)]
         assert len(growth) == 3, res.stdout
         assert max(growth) < 1024, f"{strategy}: resident memory grew by {growth} KiB"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"declare": {"u": {"levels": 3, "dtype": "float64", "direction": "in"},
+                  "fu": {"levels": 3, "direction": "out"}, "fv": {"levels": 3, "direction": "out"},
+                  "v": {"levels": 3, "direction": "in"}, "t": {"levels": 1, "direction": "in"},
+                  "ft": {"levels": 1, "direction": "out"}, "mask": {}, "w": {}}},
+     "field 'w' is declared by the model but not by the workers' tunnel"),
+    ({"declare": {"u": {"levels": 5}}}, "field 'u': the model declares levels=5, the workers' tunnel levels=3"),
+    ({"declare": {"t": {"dtype": "float64"}}}, "field 't': the model declares dtype='float64'"),
+    ({"declare": {"u": {}}}, "declared by the workers' tunnel but not by the model"),
+    ({"model_boxes": [[0, 20, 0, 16], [0, 20, 15, 30]]}, "overlap"),
+    ({"model_boxes": [[0, 20, 0, 14], [0, 20, 15, 30]]}, "uncovered (first: j=0, i=14)"),
+    ({"model_boxes": [[0, 20, 0, 15], [0, 21, 15, 30]]}, "falls outside the 20x30"),
+    ({"tiles": 1, "q": 2}, "2 workers for 1 tiles"),
+])
+def test_handshake_mismatch_stops_every_rank_with_one_message(tmp_path, change, message):
+    change = dict(change)
+    q = change.pop("q", 1)
+    cfg = config("foldT", (2, 1), "packed", steps=2)
+    cfg.update(change)
+    res = run_app(tmp_path, cfg, 2, q, timeout=60)
+    assert res.returncode != 0
+    assert res.stderr.count(message) == 1, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("fault,message", [
+    ({"bad_dtype": [0, 1]}, "put('u'): dtype int32, the exchange expects float64"),
+    ({"bad_layout": [1, 0]}, "put('u'): the array must be C-contiguous"),
+    ({"missing_output_at": 2}, "missing ['fu', 'fv']"),
+])
+def test_bad_data_names_the_field(tmp_path, fault, message):
+    res, _ = run_fault(tmp_path, **fault)
+    assert res.returncode != 0
+    assert message in res.stderr, res.stderr[-3000:]
+
+
+def test_halo_the_grid_cannot_provide_ends_the_job(tmp_path):
+    cfg = config("foldT", (2, 1), "packed", halo=25)   # ny=20: the fold allows 19
+    res = run_app(tmp_path, cfg, 2, 1, timeout=60)
+    assert res.returncode != 0
+    assert "Tunnel: halo=25 is wider than the grid allows (19" in res.stderr

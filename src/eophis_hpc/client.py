@@ -16,7 +16,7 @@ from .runtime import handshake
 from .runtime.schedule import FieldSpec
 from .runtime.timings import Timings
 from .transport.mpi import (TAG_CONTROL, TAG_DATA, CouplingError, Link, Receiver, Sender,
-                            default_timeout)
+                            default_timeout, install_abort_hook)
 
 STOP = -1
 STRATEGIES = ("packed", "datatype")
@@ -42,6 +42,7 @@ class Coupler:
 
     def __init__(self, grid: Grid, box, holes=False, fields=None, strategy=None, backend=None,
                  timeout=None, check_finite=False):
+        install_abort_hook()  # a bad argument below must end the MPI job, not strand the workers
         if not isinstance(grid, Grid):
             raise TypeError(f"connect: grid must be an eophis_hpc.Grid, got {type(grid).__name__}")
         if strategy is not None and strategy not in STRATEGIES:

@@ -21,9 +21,10 @@ from .runtime import handshake
 from .runtime.schedule import Exchange, Schedule
 from .runtime.timings import Timings
 from .transport.mpi import (TAG_CONTROL, TAG_DATA, CouplingError, Link, Receiver, Sender,
-                            default_timeout, wait_all)
+                            default_timeout, install_abort_hook, wait_all)
 
 STRATEGIES = ("packed", "datatype")
+TRANSPORTS = ("mpi", "oasis")
 
 
 class Tunnel:
@@ -38,11 +39,16 @@ class Tunnel:
     def __init__(self, grid: Grid, halo: int = 0, exchanges=(), *, dt: float | None = None,
                  tiles: int | None = None, strategy: str = "packed", backend: str | None = None,
                  framework: str = "numpy", dtype=None, fill: float = 0.0, verbose: bool = True,
-                 timeout: float | None = None, check_finite: bool = False):
+                 timeout: float | None = None, check_finite: bool = False,
+                 transport: str = "mpi"):
+        install_abort_hook()  # a bad argument below must end the MPI job, not strand the model
         if not isinstance(grid, Grid):
             raise TypeError(f"Tunnel: grid must be an eophis_hpc.Grid, got {type(grid).__name__}")
         if strategy not in STRATEGIES:
             raise ValueError(f"Tunnel: strategy={strategy!r} is not one of {STRATEGIES}")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"Tunnel: transport={transport!r} is not one of {TRANSPORTS}")
+        self.transport = transport  # "oasis": runtime/oasis_worker.py runs the OASIS side
         self.grid = grid
         self.halo = grid.check_halo(halo, "Tunnel: halo")
         self.schedule = Schedule(list(exchanges), dt=dt, default_point=grid.point)
@@ -131,6 +137,9 @@ class Tunnel:
     def open(self) -> None:
         """Join the coupled job: handshake with the model ranks, make the buffers and persistent
         requests, post the first receives. ``run`` calls it when needed."""
+        if self.transport == "oasis":
+            from .runtime import oasis_worker
+            return oasis_worker.open_tunnel(self)
         if self.layout is not None:
             return
         self._setup()
@@ -146,6 +155,9 @@ class Tunnel:
         if not self.exchanges[spec.exchange].static:
             raise ValueError(f"Tunnel.receive({name!r}): only static fields are received before "
                              "the loop; time-dependent ones reach the model")
+        if self.transport == "oasis":
+            from .runtime import oasis_worker
+            return oasis_worker.receive(self, name)
         self.open()
         while name not in self.static:
             e, step = self._next_note()
@@ -157,7 +169,11 @@ class Tunnel:
         return device.to_framework(self.static[name], self.framework)
 
     def run(self, steps: int | None = None) -> dict:
-        """Serve the model ranks until they close (or ``steps`` occurrences); returns timings."""
+        """Serve the model ranks until they close (or ``steps`` occurrences); returns timings.
+        With ``transport="oasis"``: ``steps`` model time steps at dates ``step * dt``."""
+        if self.transport == "oasis":
+            from .runtime import oasis_worker
+            return oasis_worker.run(self, steps)
         self.open()
         try:
             self._loop(steps)

@@ -61,8 +61,11 @@ def run_model(cfg) -> None:
     from mpi4py import MPI
     rank = MPI.COMM_WORLD.rank  # model ranks come first in an MPMD launch
     box = dec.boxes[rank]
+    if "model_boxes" in cfg:  # explicit (possibly wrong) boxes
+        box = eh.Box(*cfg["model_boxes"][rank])
     mh = cfg.get("model_halo", 0)
-    cpl = eh.connect(g, box, check_finite=cfg.get("check_finite", False))
+    cpl = eh.connect(g, box, check_finite=cfg.get("check_finite", False),
+                     fields=cfg.get("declare"))
     assert cpl.comm.rank == rank
     h = cfg["halo"]
     static = [ex for ex in exchanges(cfg) if ex.static]
@@ -87,6 +90,10 @@ def run_model(cfg) -> None:
                     glb[0, box.j0 + 1, box.i0 + 2] = np.nan
                 if cfg.get("bad_put") == [rank, step]:  # a wrong shape on one rank only
                     cpl.put(name, np.zeros((ex.levels, 2, 2), dtype=ex.dtype), step)
+                if cfg.get("bad_dtype") == [rank, step]:
+                    cpl.put(name, np.zeros((ex.levels,) + box.shape, dtype=np.int32), step)
+                if cfg.get("bad_layout") == [rank, step]:
+                    cpl.put(name, np.zeros((ex.levels, box.shape[1], box.shape[0])).T, step)
                 if mh:  # the model's own halo around the box: put with an offset, no copy
                     arr = np.full((ex.levels, box.j1 - box.j0 + 2 * mh, box.i1 - box.i0 + 2 * mh),
                                   np.nan, dtype=ex.dtype)
@@ -146,6 +153,8 @@ def run_worker(cfg) -> None:
                     raise AssertionError(f"worker {tunnel.link.rank}: tile {d} of {name} at step "
                                          f"{step} differs from the reference")
             out[output_name(name)] = stencil(batch, h)
+            if cfg.get("missing_output_at") == step:
+                return {}
             if cfg.get("bad_output_at") == step:
                 out[output_name(name)] = out[output_name(name)][:, :, 1:]
             if cfg.get("nan_output_at") == step:

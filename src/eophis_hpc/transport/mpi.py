@@ -62,9 +62,14 @@ def wait_all(requests: list, timeout: float | None, what: str, peers=None, peer_
             os.sched_yield()  # give the core to a co-located rank while waiting
 
 
-def install_abort_hook(world) -> None:
+_LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
+
+
+def install_abort_hook() -> None:
     """Make an uncaught exception on any rank end the whole MPI job (print, then Abort) instead
-    of leaving the other ranks waiting forever, as ``python -m mpi4py`` does. Set
+    of leaving the other ranks waiting forever, as ``python -m mpi4py`` does. Installed when a
+    coupler or tunnel is created (never at import); it initialises MPI to abort if the error
+    came before MPI was started and the process runs under mpiexec. Set
     EOPHIS_HPC_ABORT_ON_ERROR=0 to keep Python's own hook."""
     if os.environ.get("EOPHIS_HPC_ABORT_ON_ERROR", "1") == "0":
         return
@@ -73,6 +78,10 @@ def install_abort_hook(world) -> None:
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
+        if "mpi4py.MPI" not in sys.modules and not any(v in os.environ for v in _LAUNCHER_VARS):
+            previous(exc_type, exc, tb)  # not an MPI job: nothing to tear down
+            return
+        world = mpi().COMM_WORLD
         if isinstance(exc, CouplingError) and exc.collective:
             if world.rank == 0:  # every rank has the same message: print it once
                 print(f"eophis_hpc: {exc}", file=sys.stderr, flush=True)
@@ -82,8 +91,8 @@ def install_abort_hook(world) -> None:
             print(f"eophis_hpc: uncaught exception on world rank {world.rank}, aborting the job: "
                   f"{exc_type.__name__}: {exc}", file=sys.stderr, flush=True)
             previous(exc_type, exc, tb)
-            sys.stderr.flush()
-            time.sleep(0.5)  # let mpiexec forward the output before the job is torn down
+        sys.stderr.flush()
+        time.sleep(0.5)  # let mpiexec forward the output before the job is torn down
         world.Abort(1)
 
     hook._eophis_hpc = True
@@ -106,7 +115,7 @@ class Link:
         MPI = mpi()
         self.role = role
         self.world = MPI.COMM_WORLD if world is None else world
-        install_abort_hook(self.world)
+        install_abort_hook()
         roles = self.world.allgather(role)
         other = ROLES[1 - ROLES.index(role)]
         if other not in roles:
