@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from . import config
 from .grid import Grid
 from .runtime import handshake
 from .runtime.schedule import FieldSpec
@@ -55,13 +56,15 @@ class Coupler:
         self.box = self.layout.src.boxes[self.rank]
         self.strategy = strategy or options["strategy"]
         self.timings = Timings()
+        timeout = config.resolve("timeout", timeout, None)
         self.timeout = default_timeout() if timeout is None else (float(timeout) or None)
         self.check_finite = bool(check_finite)
         self._senders: dict[str, Sender] = {}
         self._receivers: dict[str, Receiver] = {}
         for spec in self.schedule.fields.values():
             args = (spec.levels, spec.dtype, TAG_DATA + spec.index, self.strategy)
-            common = dict(backend=backend, timeout=self.timeout, peer_label="worker")
+            common = dict(backend=config.resolve("backend", backend, None), timeout=self.timeout,
+                          peer_label="worker")
             if spec.direction == "in":
                 self._senders[spec.name] = Sender(
                     self.link.inter, self.layout.model_send_routes(spec.point, self.rank),

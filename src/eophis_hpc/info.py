@@ -30,6 +30,13 @@ def report() -> str:
         lines.append(f"  mpiexec  {find_mpiexec()}")
     except FileNotFoundError as exc:
         lines.append(f"  mpiexec  {exc}")
+    from . import config
+    try:
+        cfg_path = config.path()
+        state = f"{cfg_path}: {config.load()}" if cfg_path else f"none (no ./{config.FILENAME})"
+    except config.ConfigError as exc:
+        state = f"unreadable: {exc}"
+    lines.append(f"  settings {state}")
     lines.append("  kernel backends (first available is the default):")
     for name, state in kernels.available().items():
         lines.append(f"    {name:<7} {state}")

@@ -15,7 +15,7 @@ import traceback
 
 import numpy as np
 
-from . import device
+from . import config, device
 from .grid import Grid
 from .runtime import handshake
 from .runtime.schedule import Exchange, Schedule
@@ -37,13 +37,15 @@ class Tunnel:
     """
 
     def __init__(self, grid: Grid, halo: int = 0, exchanges=(), *, dt: float | None = None,
-                 tiles: int | None = None, strategy: str = "packed", backend: str | None = None,
+                 tiles: int | None = None, strategy: str | None = None, backend: str | None = None,
                  framework: str = "numpy", dtype=None, fill: float = 0.0, verbose: bool = True,
                  timeout: float | None = None, check_finite: bool = False,
                  transport: str = "mpi"):
         install_abort_hook()  # a bad argument below must end the MPI job, not strand the model
         if not isinstance(grid, Grid):
             raise TypeError(f"Tunnel: grid must be an eophis_hpc.Grid, got {type(grid).__name__}")
+        self.settings = config.load()  # eophis_hpc.toml (from eophis-hpc tune): fills unset options
+        strategy = config.resolve("strategy", strategy, "packed")
         if strategy not in STRATEGIES:
             raise ValueError(f"Tunnel: strategy={strategy!r} is not one of {STRATEGIES}")
         if transport not in TRANSPORTS:
@@ -54,13 +56,14 @@ class Tunnel:
         self.schedule = Schedule(list(exchanges), dt=dt, default_point=grid.point)
         self.n_tiles = tiles
         self.strategy = strategy
-        self.backend = backend
+        self.backend = config.resolve("backend", backend, None)
         self.framework = device.check_framework(framework)
         self.dtype = None if dtype is None else np.dtype(dtype)
         if self.dtype is not None and self.dtype not in (np.float32, np.float64):
             raise ValueError(f"Tunnel: dtype must be float32 or float64, got {dtype!r}")
         self.fill = float(fill)
         self.verbose = verbose
+        timeout = config.resolve("timeout", timeout, None)
         self.timeout = default_timeout() if timeout is None else (float(timeout) or None)
         self.check_finite = bool(check_finite)
         self.static: dict[str, np.ndarray] = {}
@@ -103,7 +106,7 @@ class Tunnel:
         self.link = Link("worker")
         options = {"strategy": self.strategy}
         self.layout = handshake.worker_side(self.link, self.grid, self.halo, self.schedule,
-                                            self.n_tiles, options)
+                                            self._tiles_wanted(), options)
         w = self.link.rank
         ntl = len(self.layout.tiles_of[w])
         H, W = self.layout.batch_shape
@@ -128,6 +131,14 @@ class Tunnel:
                     self.link.inter, self.layout.worker_send_routes(spec.point, w), spec.levels,
                     wire, tag, self.strategy, backend=self.backend, timeout=self.timeout,
                     name=f"worker {w}: sending {spec.name!r}", peer_label="model rank")
+
+    def _tiles_wanted(self) -> int | None:
+        """Total tiles: the ``tiles`` argument, else ``tiles_per_worker`` from the settings file
+        times the workers, else one per worker."""
+        if self.n_tiles is not None:
+            return self.n_tiles
+        per = self.settings.get("tiles_per_worker")
+        return None if per is None else per * self.link.size
 
     def _post(self, e_idx: int) -> None:
         for spec in self.schedule.inputs_of(e_idx):
