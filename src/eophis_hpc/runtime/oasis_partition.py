@@ -304,8 +304,9 @@ class RecvPartition:
 
     @property
     def is_identity(self) -> bool:
-        """True when the received buffer already is the batch's memory (one tile, no halo, no
-        fill): the worker can ``get`` straight into its batch."""
+        """True when the received buffer already is the batch's memory (one tile whose box with
+        its halo lies inside the grid, so nothing wraps, folds or fills): the worker can ``get``
+        straight into its batch."""
         H, W = self.shape
         return (self.n_tiles == 1 and self._dup_cells == 0 and self._fills.shape[0] == 0
                 and self._prim.shape[0] == 1
