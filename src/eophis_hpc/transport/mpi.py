@@ -204,6 +204,23 @@ def _datatype(base, itemsize: int, shape: tuple, parts: list, folded_ok: bool):
     return dt
 
 
+def _copy_plan(side, offset: tuple[int, int]) -> list:
+    """``[(index, runs, buffer part)]`` of a packed Sender/Receiver for runs shifted by
+    ``offset``: built once per offset, so a step allocates nothing."""
+    cache = side.copy_plans
+    plan = cache.get(offset)
+    if plan is None:
+        plan = []
+        for r, sl in zip(side.routes, side.slices):
+            pos = 0
+            for k, runs in r.shifted(*offset).parts:
+                n = int(np.sum(runs[:, 2] * runs[:, 3])) * side.nz
+                plan.append((k, runs, sl[pos:pos + n]))
+                pos += n
+        cache[offset] = plan
+    return plan
+
+
 class _TypeCache:
     """Committed datatypes per (array shape, dtype, offset): one per route, built on first use."""
 
@@ -259,19 +276,15 @@ class Sender:
             self.persistent = [comm.Send_init([sl, mpi_float(self.dtype)], r.peer, tag)
                                for sl, r in zip(self.slices, routes)]
         self._types = _TypeCache(routes, folded_ok=False)
+        self.copy_plans: dict = {}  # offset -> [(index, runs, buffer part)], packed strategy
 
     def start(self, target: np.ndarray, offset: tuple[int, int] = (0, 0)) -> None:
         """Start sending from ``target`` (n, nz, ny, nx); ``offset`` shifts every run."""
         MPI = mpi()
         self.wait()
         if self.strategy == "packed":
-            for r, sl in zip(self.routes, self.slices):
-                rr = r.shifted(*offset)
-                pos = 0
-                for k, runs in rr.parts:
-                    n = int(np.sum(runs[:, 2] * runs[:, 3])) * self.nz
-                    self.kern.pack(target[k], runs, sl[pos:pos + n])
-                    pos += n
+            for k, runs, part in _copy_plan(self, offset):
+                self.kern.pack(target[k], runs, part)
             MPI.Prequest.Startall(self.persistent)
             self.requests = self.persistent
         else:
@@ -321,6 +334,7 @@ class Receiver:
                        if np.any(runs[:, 4] != 0)]
         self._types = _TypeCache(routes, folded_ok=True)
         self._bound = {}  # (shape, offset, address) -> persistent requests (datatype strategy)
+        self.copy_plans: dict = {}  # offset -> [(index, runs, buffer part)], packed strategy
         if strategy == "packed":
             total = sum(r.cells for r in routes) * nz
             self.buf = np.empty(total, dtype=self.dtype)
@@ -381,13 +395,8 @@ class Receiver:
         self.requests = []
         if self.strategy == "packed":
             self._fill(target, offset)
-            for r, sl in zip(self.routes, self.slices):
-                rr = r.shifted(*offset)
-                pos = 0
-                for k, runs in rr.parts:
-                    n = int(np.sum(runs[:, 2] * runs[:, 3])) * self.nz
-                    self.kern.unpack(sl[pos:pos + n], target[k], runs, sign)
-                    pos += n
+            for k, runs, part in _copy_plan(self, offset):
+                self.kern.unpack(part, target[k], runs, sign)
         elif sign != 1.0:
             oj, oi = offset
             for k, runs in self.folded:
