@@ -262,3 +262,10 @@ def test_malformed_namcouples_fail_with_a_line_or_a_field(tmp_path_factory, data
         assert b is not None and b.status == "EXPORTED"
         assert b.freq == (doc.runtime if f.freq == nc.STATIC else f.freq)
         assert b.grid_line()[1] == (f.nx, f.ny, f.nx, f.ny)
+
+
+def test_static_fields_and_very_long_runs_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="static fields"):
+        nc.write_namcouple(nc.coupling_fields([TUNNEL]), 10**8, str(tmp_path))
+    no_static = dict(TUNNEL, exchs=TUNNEL["exchs"][:2])
+    nc.write_namcouple(nc.coupling_fields([no_static]), 10**8, str(tmp_path))

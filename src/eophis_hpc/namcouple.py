@@ -32,6 +32,7 @@ from fractions import Fraction
 from typing import Iterable, Sequence
 
 STATIC = -1
+STATIC_RUNTIME_LIMIT = 10**8  # Eophis 1.0.2 (_check_runtime): larger static periods crash OASIS
 HEADER = "############# MODIFIED BY EOPHIS (eophis_hpc) ###############"
 STATUSES = ("EXPORTED", "EXPOUT", "IGNORED", "IGNOUT", "INPUT", "OUTPUT", "AUXILARY")
 SECTIONS = ("$NFIELDS", "$RUNTIME", "$NLOGPRT", "$STRINGS")
@@ -380,6 +381,11 @@ def complete(base: Namcouple | None, fields: Sequence[CouplingField], total_time
             drop.add(n)
     kept_blocks = [b for b in base.blocks if (b.source, b.target) not in ours]
     runtime = max(int(getattr(base, "runtime", 0)), int(total_time))
+    if runtime >= STATIC_RUNTIME_LIMIT and any(f.freq == STATIC for f in fields):
+        raise ValueError(f"namcouple: a run of {runtime} s with static fields: OASIS3-MCT fails "
+                         f"when a coupling period reaches {STATIC_RUNTIME_LIMIT:.0e} s (Eophis "
+                         "1.0.2 refuses it too); run shorter segments or drop the static "
+                         "exchanges")
     s_end = base.sections["$STRINGS"][1]
     out = [HEADER]
     for n, text in enumerate(lines, start=1):
