@@ -20,6 +20,10 @@ cdef extern from "_stream_copy.h" nogil:
 # cache anyway, and skipping the read-for-ownership saves a third of the memory traffic.
 STREAM_BYTES = 4 << 20
 cdef Py_ssize_t _stream_bytes = STREAM_BYTES
+# ...and only rows of at least this many elements: short rows would leave partial cache lines,
+# which streaming stores turn into slow partial writes (many short runs: 5x slower, measured).
+STREAM_ROW = 64
+cdef Py_ssize_t _stream_row = STREAM_ROW
 
 ctypedef fused src_t:
     float
@@ -103,7 +107,7 @@ def unpack(const src_t[::1] buf, dst_t[:, :, ::1] dst, const int64_t[:, ::1] run
                         row = &dst[k, dj + j, di]
                         inp = &buf[pos]
                         if src_t is dst_t:
-                            if stream:
+                            if stream and ni >= _stream_row:
                                 if dst_t is double:
                                     stream_row_f64(row, inp, ni)
                                 else:
@@ -118,12 +122,14 @@ def unpack(const src_t[::1] buf, dst_t[:, :, ::1] dst, const int64_t[:, ::1] run
             stream_fence()
 
 
-def set_stream_bytes(Py_ssize_t nbytes):
-    """Threshold (bytes per unpack call) above which unpacks use streaming stores; for tuning
-    and benchmarks. Returns the previous value."""
-    global _stream_bytes
-    old = _stream_bytes
+def set_stream_bytes(Py_ssize_t nbytes, Py_ssize_t row=-1):
+    """Thresholds above which unpacks use streaming stores: bytes per call and (if given)
+    elements per row; for tuning and tests. Returns the previous (bytes, row)."""
+    global _stream_bytes, _stream_row
+    old = (_stream_bytes, _stream_row)
     _stream_bytes = nbytes
+    if row >= 0:
+        _stream_row = row
     return old
 
 

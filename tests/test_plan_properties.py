@@ -189,11 +189,11 @@ def test_streaming_store_unpack_matches_reference(case, dtype, seed):
     g, src, dst, halo, tile_shape = case
     glb, pieces, owned = random_pieces(np.random.default_rng(seed), src, 3, dtype)
     plan = eh.Plan(g, src, dst, halo=halo, tile_shape=tile_shape)
-    old = _copy_kernels.set_stream_bytes(0)
+    old = _copy_kernels.set_stream_bytes(0, 0)
     try:
         tiles = plan.scatter_local(pieces, backend="cython", sign=-1.0)
     finally:
-        _copy_kernels.set_stream_bytes(old)
+        _copy_kernels.set_stream_bytes(*old)
     for d, tile in enumerate(tiles):
         np.testing.assert_array_equal(
             tile, reference_tile(glb, g, plan.read_boxes[d], halo, -1.0, 0.0, owned))
