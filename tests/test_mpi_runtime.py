@@ -112,3 +112,10 @@ def test_router_gets_every_due_exchange_at_once(tmp_path, strategy):
     res = run_app(tmp_path, cfg, 2, 2)
     check_ok(res, 2, 2)
     assert "OK after 5 calls" in res.stdout  # one call per step, both exchanges at even steps
+
+
+def test_explicit_uneven_tiles(tmp_path):
+    """Tiles given as boxes (e.g. Eophis' own layout), uneven, two per worker."""
+    tiles = [[0, 7, 0, 30], [7, 20, 0, 11], [7, 20, 11, 13], [7, 20, 13, 30]]
+    res = run_app(tmp_path, config("foldT", (2, 1), "datatype", tiles=tiles), 2, 2)
+    check_ok(res, 2, 2)

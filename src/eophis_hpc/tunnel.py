@@ -16,6 +16,7 @@ import traceback
 import numpy as np
 
 from . import config, device
+from .decomposition import Decomposition
 from .grid import Grid
 from .runtime import handshake
 from .runtime.schedule import Exchange, Schedule
@@ -31,7 +32,8 @@ class Tunnel:
     """The inference workers' end of the coupling.
 
     ``halo`` cells are added around every tile (closed, cyclic or folded per the grid);
-    ``tiles`` is the total number of tiles (default: one per worker); ``strategy`` is
+    ``tiles`` is the total number of tiles (default: one per worker) or the tiles themselves (a
+    Decomposition or boxes, e.g. Eophis' layout); ``strategy`` is
     ``packed`` (compiled kernels + persistent buffers) or ``datatype`` (MPI derived datatypes,
     no packing); ``dtype`` is the dtype the model wants (cast in the unpack kernel).
     """
@@ -54,6 +56,11 @@ class Tunnel:
         self.grid = grid
         self.halo = grid.check_halo(halo, "Tunnel: halo")
         self.schedule = Schedule(list(exchanges), dt=dt, default_point=grid.point)
+        if isinstance(tiles, Decomposition):
+            tiles = tiles.boxes
+        if not (tiles is None or isinstance(tiles, int) or isinstance(tiles, (list, tuple))):
+            raise TypeError(f"Tunnel: tiles must be a count, a Decomposition or a list of boxes, "
+                            f"got {type(tiles).__name__}")
         self.n_tiles = tiles
         self.strategy = strategy
         self.backend = config.resolve("backend", backend, None)

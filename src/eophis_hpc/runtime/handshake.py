@@ -58,8 +58,10 @@ def worker_side(link: Link, grid: Grid, halo: int, schedule: Schedule, n_tiles, 
             error = request["error"] or _check(request, grid, schedule, link.remote_size)
             layout = None
             if not error:
-                layout = Layout(grid, request["boxes"], link.size, halo, n_tiles=n_tiles,
-                                holes=request["holes"])
+                tile_args = ({"n_tiles": n_tiles} if n_tiles is None or isinstance(n_tiles, int)
+                             else {"tiles": [tuple(b) for b in n_tiles]})
+                layout = Layout(grid, request["boxes"], link.size, halo, holes=request["holes"],
+                                **tile_args)
         except (ValueError, TypeError) as exc:
             error = f"{exc}"
         except Exception:  # an unexpected bug must still reach every rank, not hang them
