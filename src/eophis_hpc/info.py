@@ -40,4 +40,7 @@ def report() -> str:
     lines.append("  kernel backends (first available is the default):")
     for name, state in kernels.available().items():
         lines.append(f"    {name:<7} {state}")
+    from . import device
+    lines.append("  GPUs and staging (device.staging_policy decides per tunnel):")
+    lines += device.report()
     return "\n".join(lines)

@@ -15,7 +15,8 @@ import traceback
 
 import numpy as np
 
-from . import config, device
+from . import config, staging
+from . import device as devmod
 from .decomposition import Decomposition
 from .grid import Grid
 from .runtime import handshake
@@ -36,13 +37,26 @@ class Tunnel:
     Decomposition or boxes, e.g. Eophis' layout); ``strategy`` is
     ``packed`` (compiled kernels + persistent buffers) or ``datatype`` (MPI derived datatypes,
     no packing); ``dtype`` is the dtype the model wants (cast in the unpack kernel).
+
+    Where the model runs (``staging.py``, ``device.py``): ``framework`` (numpy, torch, cupy,
+    jax, numba) and ``device`` (cpu, cuda, cuda:N) pick the tensor type and the staging policy
+    (host views, pinned staging on a CUDA stream, or CUDA-aware MPI into device memory);
+    ``chunks`` splits each batch along tiles (one model call per chunk; on a GPU the copies of
+    one chunk overlap the model on another); ``stack=True`` hands each exchange's inputs as one
+    batch ``(tiles, fields * levels, H, W)`` under the keyword ``Exchange.stack_name``
+    (``u_v`` for inputs u, v; ``Exchange(stack=...)`` overrides it per exchange); ``land``
+    names a static field: tiles whose own box is all zero in it are left out of the batches
+    and their outputs go back as ``fill``. Options that move data differently from the MPI
+    ``datatype`` strategy (a cast, stacked channels, land tiles) use ``packed`` for the fields
+    concerned, reported by :meth:`describe`.
     """
 
     def __init__(self, grid: Grid, halo: int = 0, exchanges=(), *, dt: float | None = None,
                  tiles: int | None = None, strategy: str | None = None, backend: str | None = None,
                  framework: str = "numpy", dtype=None, fill: float = 0.0, verbose: bool = True,
                  timeout: float | None = None, check_finite: bool = False,
-                 transport: str = "mpi"):
+                 transport: str = "mpi", device: str = "cpu", chunks: int | None = None,
+                 stack: bool | str = False, land: str | None = None):
         install_abort_hook()  # a bad argument below must end the MPI job, not strand the model
         if not isinstance(grid, Grid):
             raise TypeError(f"Tunnel: grid must be an eophis_hpc.Grid, got {type(grid).__name__}")
@@ -64,7 +78,30 @@ class Tunnel:
         self.n_tiles = tiles
         self.strategy = strategy
         self.backend = config.resolve("backend", backend, None)
-        self.framework = device.check_framework(framework)
+        self.framework = framework
+        self.device = device
+        # clear errors now (unknown strings, missing framework, no GPU); the final choice is
+        # made again at set-up, once MPI is loaded and can say whether it is CUDA-aware
+        self.policy = devmod.staging_policy(framework, device, cuda_aware=False)
+        chunks = config.resolve("chunks", chunks, 1)
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+            raise ValueError(f"Tunnel: chunks must be a positive integer, got {chunks!r}")
+        self.chunks = chunks
+        if not (isinstance(stack, bool) or (isinstance(stack, str) and stack.isidentifier())):
+            raise ValueError(f"Tunnel: stack must be True, False or a keyword name, got {stack!r}")
+        self.stack = stack
+        self.land = land
+        if land is not None:
+            spec = self.schedule.field(land, "Tunnel: land")
+            if spec.direction != "in" or not self.exchanges[spec.exchange].static:
+                raise ValueError(f"Tunnel: land={land!r} must name a static input field (the mask "
+                                 "the model ranks put once, before the first step)")
+        if transport != "mpi" and (self.policy.gpu or chunks != 1 or stack or land
+                                   or any(ex.stack for ex in self.exchanges)):
+            raise ValueError(f"Tunnel: device, chunks, stack and land work with transport='mpi' "
+                             f"only for now (transport={transport!r})")
+        self.notes: list[str] = []  # choices made for the user (strategy switches, policy)
+        self.feed = None
         self.dtype = None if dtype is None else np.dtype(dtype)
         if self.dtype is not None and self.dtype not in (np.float32, np.float64):
             raise ValueError(f"Tunnel: dtype must be float32 or float64, got {dtype!r}")
@@ -115,29 +152,54 @@ class Tunnel:
         self.layout = handshake.worker_side(self.link, self.grid, self.halo, self.schedule,
                                             self._tiles_wanted(), options)
         w = self.link.rank
-        ntl = len(self.layout.tiles_of[w])
-        H, W = self.layout.batch_shape
+        tiles = self.layout.tiles_of[w]
+        self.policy = devmod.staging_policy(self.framework, self.device)  # MPI is loaded now
+        self.feed = staging.Feed(self.schedule, tiles, [self.layout.dst.boxes[d] for d in tiles],
+                                 self.layout.batch_shape, self.halo, self.dtype, self.policy,
+                                 self.chunks, self.stack, self.land, self.fill, self.timings)
         self.batches, self._receivers, self._senders = {}, {}, {}
         for spec in self.schedule.fields.values():
             tag = TAG_DATA + spec.index
             wire = np.dtype(spec.dtype)
             if spec.direction == "in":
                 batch_dtype = self.dtype if self.dtype is not None else wire
-                strategy = self.strategy if batch_dtype == wire else "packed"
-                batch = np.empty((ntl, spec.levels, H, W), dtype=batch_dtype)
+                why = self.feed.not_plain(spec.name) or (
+                    f"cast {wire} -> {batch_dtype}" if batch_dtype != wire else None)
+                strategy = self._strategy_for(spec.name, why)
                 rcv = Receiver(self.link.inter, self.layout.worker_recv_routes(spec.point, w),
                                spec.levels, wire, tag, strategy,
                                fills=self.layout.worker_fills(spec.point, w), fill=self.fill,
-                               backend=self.backend, timeout=self.timeout,
-                               name=f"worker {w}: receiving {spec.name!r}", peer_label="model rank")
-                rcv.bind(batch)
-                self.batches[spec.name] = batch
+                               timeout=self.timeout, name=f"worker {w}: receiving {spec.name!r}",
+                               peer_label="model rank",
+                               **{"backend": self.backend, **self.feed.recv_options()})
+                self.batches[spec.name] = self.feed.recv_target(spec.name)
+                if strategy == "datatype":
+                    rcv.bind(self.batches[spec.name])
                 self._receivers[spec.name] = rcv
             else:
+                strategy = self._strategy_for(spec.name, self.feed.outputs_not_plain())
                 self._senders[spec.name] = Sender(
                     self.link.inter, self.layout.worker_send_routes(spec.point, w), spec.levels,
-                    wire, tag, self.strategy, backend=self.backend, timeout=self.timeout,
-                    name=f"worker {w}: sending {spec.name!r}", peer_label="model rank")
+                    wire, tag, strategy, timeout=self.timeout,
+                    name=f"worker {w}: sending {spec.name!r}", peer_label="model rank",
+                    **{"backend": self.backend, **self.feed.send_options()})
+
+    def _strategy_for(self, name: str, why: str | None) -> str:
+        """The tunnel's strategy, or ``packed`` (noted) where datatypes cannot describe the
+        batch (``why``: a cast, stacked channels, land tiles left out, chunked outputs, device
+        buffers)."""
+        if self.strategy == "datatype" and why:
+            self.notes.append(f"{name!r}: packed strategy ({why})")
+            return "packed"
+        return self.strategy
+
+    def describe(self) -> str:
+        """The staging policy in force and the choices made for this tunnel."""
+        policy = self.policy.describe()
+        lines = [f"staging: {policy}; chunks={self.chunks}"
+                 + (f"; land tiles left out by {self.land!r}" if self.land else "")]
+        lines += [f"  {note}" for note in dict.fromkeys(self.notes)]
+        return "\n".join(lines)
 
     def _tiles_wanted(self) -> int | None:
         """Total tiles: the ``tiles`` argument, else ``tiles_per_worker`` from the settings file
@@ -149,7 +211,7 @@ class Tunnel:
 
     def _post(self, e_idx: int) -> None:
         for spec in self.schedule.inputs_of(e_idx):
-            self._receivers[spec.name].post(self.batches[spec.name])
+            self._receivers[spec.name].post(self.feed.recv_target(spec.name))
 
     # ------------------------------------------------------------------ loop
     def open(self) -> None:
@@ -168,7 +230,8 @@ class Tunnel:
 
     def receive(self, name: str):
         """A static field's batch ``(tiles, levels, H + 2h, W + 2h)``, received before the loop
-        (Eophis' ``tunnel.receive('mask')``)."""
+        (Eophis' ``tunnel.receive('mask')``), as the model sees it: the framework's tensor, on
+        its device, land tiles left out when ``land`` is set."""
         spec = self.schedule.field(name, "Tunnel.receive")
         if not self.exchanges[spec.exchange].static:
             raise ValueError(f"Tunnel.receive({name!r}): only static fields are received before "
@@ -184,7 +247,7 @@ class Tunnel:
                 raise CouplingError(f"Tunnel.receive({name!r}): the model ranks did not send it "
                                     f"before {'closing' if e < 0 else f'step {step}'}")
             self._occurrence([e], step)
-        return device.to_framework(self.static[name], self.framework)
+        return self.feed.static_field(name)
 
     def run(self, steps: int | None = None) -> dict:
         """Serve the model ranks until they close (or ``steps`` occurrences); returns timings.
@@ -238,62 +301,119 @@ class Tunnel:
         return int(self._note[0]), int(self._note[1])
 
     def _occurrence(self, group: list[int], step: int) -> None:
-        """Receive the inputs of the exchanges in ``group`` (due at ``step``), call the model,
-        send the outputs, post the receives of the next occurrence."""
+        """Receive the inputs of the exchanges in ``group`` (due at ``step``), call the model
+        (chunk by chunk, where it runs), send the outputs, post the receives of the next
+        occurrence."""
         t0 = time.perf_counter()
         inputs = [spec for e in group for spec in self.schedule.inputs_of(e)]
         for spec in inputs:
-            self._receivers[spec.name].wait(self.batches[spec.name], sign=spec.sign)
+            self._receivers[spec.name].wait(self.feed.recv_target(spec.name), sign=spec.sign)
             self.timings.add_bytes(spec.name, self._receivers[spec.name].bytes)
         t1 = time.perf_counter()
         self.timings.add("recv", t1 - t0)
         static = self.exchanges[group[0]].static
         if static:
             for spec in inputs:
-                self.static[spec.name] = self.batches[spec.name]
+                self.static[spec.name] = self.feed.recv_target(spec.name)
+            self.feed.static_received(group[0])
             if not self.exchanges[group[0]].outputs:
                 return
+        elif not self.feed.land_ready:
+            raise CouplingError(f"land={self.land!r}: the model ranks must put this static field "
+                                f"before step {step}'s exchanges")
+        specs = [spec for e in group for spec in self.schedule.outputs_of(e)]
         if self._router is not None and not static:
-            outputs = self._call_router(group, step)
+            call = self._router_call(group, step)
+            keywords = self._keywords(group)
         else:
-            outputs = self._call_model(group[0], step)
+            call = self._model_call(group[0], step)
+            keywords = self._keywords(group[:1])
+        targets = self.feed.run(keywords, call, specs)
         t2 = time.perf_counter()
-        self.timings.add("model", t2 - t1)
         sent = []
-        for e in group:
-            for spec in self.schedule.outputs_of(e):
-                arr, offset = self._check_output(spec, outputs[spec.name])
-                self._senders[spec.name].start(arr, offset)
-                self.timings.add_bytes(spec.name, self._senders[spec.name].bytes)
-                sent.append(arr)
+        for spec in specs:
+            target, offset = targets[spec.name]
+            sender = self._senders[spec.name]
+            if self.check_finite:
+                self._check_finite(spec.name, target, offset)
+            if sender.strategy == "datatype":
+                target = np.ascontiguousarray(target, dtype=spec.dtype)
+            sender.start(target, offset)
+            self.timings.add_bytes(spec.name, sender.bytes)
+            sent.append(target)
         if not static:
-            batches = [self.batches[spec.name] for spec in inputs]
-            if self.strategy == "datatype" and any(np.may_share_memory(a, b) for a in sent
-                                                   for b in batches):
-                for e in group:  # the sends still read the batch the receives would overwrite
-                    for spec in self.schedule.outputs_of(e):
+            batches = [self.feed.recv_target(spec.name) for spec in inputs]
+            if any(isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                   and np.may_share_memory(a, b) for a in sent for b in batches):
+                for spec in specs:  # the sends still read the batch the receives would overwrite
+                    if self._senders[spec.name].strategy == "datatype":
                         self._senders[spec.name].wait()
             for e in group:
                 self._post(e)
         self.timings.add("send", time.perf_counter() - t2)
 
+    def _keywords(self, group: list[int]) -> list[str]:
+        """The model keywords (fields or stacked groups) of the inputs of ``group``."""
+        return list(dict.fromkeys(self.feed.where[spec.name][0] for e in group
+                                  for spec in self.schedule.inputs_of(e)))
+
+    def _extras(self, fn, kwargs: dict, r0: int, r1: int, step: int, every_static: bool) -> dict:
+        """Static fields (rows ``r0:r1``), ``tiles`` (their global indices) and ``step`` for
+        the parameters ``fn`` names (every static field when ``every_static``)."""
+        params = inspect.signature(fn).parameters
+        takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        for kw, batch in self.feed.static_rows(r0, r1).items():
+            if every_static or kw in params or takes_all:
+                kwargs.setdefault(kw, batch)
+        if "tiles" in params:
+            kwargs.setdefault("tiles", self.feed.global_tiles(r0, r1))
+        if "step" in params:
+            kwargs["step"] = step
+        return kwargs
+
+    def _model_call(self, e: int, step: int):
+        """``call(kwargs, r0, r1) -> {output: value}`` for exchange ``e``'s model."""
+        fn = self._models.get(e) or self._models.get(None)
+        if fn is None:
+            raise CouplingError(f"no model registered for exchange {e} "
+                                f"({', '.join(self.exchanges[e].inputs)}): use @tunnel.model")
+
+        def call(kwargs, r0, r1):
+            kwargs = self._extras(fn, dict(kwargs), r0, r1, step, every_static=False)
+            return self._outputs_of(e, fn(**kwargs))
+        return call
+
+    def _router_call(self, group: list[int], step: int):
+        """``call(kwargs, r0, r1)`` for the router: every non-static input keyword of the
+        tunnel (None when not due) and every static field."""
+        every = self._keywords([x for x, ex in enumerate(self.exchanges) if not ex.static])
+
+        def call(kwargs, r0, r1):
+            kwargs = {kw: kwargs.get(kw) for kw in every}
+            kwargs = self._extras(self._router, kwargs, r0, r1, step, every_static=True)
+            return self._router_outputs(group, step, self._router(**kwargs))
+        return call
+
     def _call_router(self, group: list[int], step: int) -> dict:
-        """Eophis' all-in-all-out call: every input of the tunnel, None when not due; the
-        outputs of the due exchanges must come back, the others may be None or absent."""
+        """Eophis' all-in-all-out call on the host batches (the OASIS worker's path): every
+        input of the tunnel, None when not due; the outputs of the due exchanges must come
+        back, the others may be None or absent."""
         due_inputs = {spec.name for e in group for spec in self.schedule.inputs_of(e)}
         kwargs = {}
         for x, ex in enumerate(self.exchanges):
             if ex.static:
                 continue
             for name in ex.inputs:
-                kwargs[name] = (device.to_framework(self.batches[name], self.framework)
+                kwargs[name] = (devmod.to_framework(self.batches[name], self.framework)
                                 if name in due_inputs else None)
         for name, batch in self.static.items():
-            kwargs[name] = device.to_framework(batch, self.framework)
+            kwargs[name] = devmod.to_framework(batch, self.framework)
         params = inspect.signature(self._router).parameters
         if "step" in params:
             kwargs["step"] = step
-        result = self._router(**kwargs)
+        return self._router_outputs(group, step, self._router(**kwargs))
+
+    def _router_outputs(self, group: list[int], step: int, result) -> dict:
         if not isinstance(result, dict):
             raise CouplingError(f"the router must return a dict of outputs, got "
                                 f"{type(result).__name__}")
@@ -307,20 +427,24 @@ class Tunnel:
         return result
 
     def _call_model(self, e: int, step: int) -> dict:
+        """The model on the host batches (the OASIS worker's path: one call, no staging)."""
         fn = self._models.get(e) or self._models.get(None)
         if fn is None:
             raise CouplingError(f"no model registered for exchange {e} "
                                 f"({', '.join(self.exchanges[e].inputs)}): use @tunnel.model")
-        kwargs = {s.name: device.to_framework(self.batches[s.name], self.framework)
+        kwargs = {s.name: devmod.to_framework(self.batches[s.name], self.framework)
                   for s in self.schedule.inputs_of(e)}
         params = inspect.signature(fn).parameters
         takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
         for name, batch in self.static.items():
             if name in params or takes_all:
-                kwargs.setdefault(name, device.to_framework(batch, self.framework))
+                kwargs.setdefault(name, devmod.to_framework(batch, self.framework))
         if "step" in params:
             kwargs["step"] = step
-        result = fn(**kwargs)
+        return self._outputs_of(e, fn(**kwargs))
+
+    def _outputs_of(self, e: int, result) -> dict:
+        """The model's result as ``{output: value}`` (a dict, one value, or a tuple)."""
         names = self.exchanges[e].outputs
         if isinstance(result, dict):
             missing = [n for n in names if n not in result]
@@ -336,34 +460,14 @@ class Tunnel:
         raise CouplingError(f"the model must return {{name: array}} for outputs {list(names)}, "
                             f"got {type(result).__name__}")
 
-    def _check_output(self, spec, value):
-        arr = device.to_host(value, f"output {spec.name!r}")
-        ntl = len(self.layout.tiles_of[self.link.rank])
-        H, W = self.layout.batch_shape
-        h = self.halo
-        core = (ntl, spec.levels, H - 2 * h, W - 2 * h)
-        full = (ntl, spec.levels, H, W)
-        if arr.shape == core:
-            offset = (0, 0)
-        elif arr.shape == full:
-            offset = (h, h)
-        else:
-            raise CouplingError(f"output {spec.name!r}: shape {tuple(arr.shape)}, expected {core} "
-                                f"or with the halo {full}")
-        if arr.dtype not in (np.float32, np.float64):
-            raise CouplingError(f"output {spec.name!r}: dtype {arr.dtype} is not float32/float64")
-        if self.check_finite:
-            self._check_finite(spec.name, arr, offset)
-        if self.strategy == "datatype" and arr.dtype != np.dtype(spec.dtype):
-            arr = arr.astype(spec.dtype)
-        return np.ascontiguousarray(arr), offset
-
-    def _check_finite(self, name: str, arr: np.ndarray, offset) -> None:
-        """Refuse NaN/Inf in the tiles' own boxes, naming the first by its global index."""
+    def _check_finite(self, name: str, target, offset) -> None:
+        """Refuse NaN/Inf in the tiles' own boxes, naming the first by its global index
+        (``target[k]``: tile ``k`` of the output, on the host or the device)."""
         tiles = self.layout.tiles_of[self.link.rank]
         for k, d in enumerate(tiles):
             box = self.layout.dst.boxes[d]
-            own = arr[k, :, offset[0]:offset[0] + box.j1 - box.j0, offset[1]:offset[1] + box.i1 - box.i0]
+            tile = devmod.host_view(target[k], f"output {name!r}")
+            own = tile[:, offset[0]:offset[0] + box.j1 - box.j0, offset[1]:offset[1] + box.i1 - box.i0]
             bad = ~np.isfinite(own)
             if bad.any():
                 lev, j, i = (int(v) for v in np.argwhere(bad)[0])
@@ -380,7 +484,8 @@ class Tunnel:
         self.link.close()
 
     def report(self) -> str:
-        """Timings of every worker (collective over the workers); the text on worker 0."""
+        """Timings of every worker (collective over the workers) after worker 0's staging
+        policy; the text on worker 0."""
         tables = self.link.comm.gather(self.timings.table(f"worker {self.link.rank} timings"),
                                        root=0)
-        return "\n".join(tables) if self.link.is_root else ""
+        return "\n".join([self.describe()] + tables) if self.link.is_root else ""

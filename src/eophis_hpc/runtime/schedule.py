@@ -19,6 +19,10 @@ class Exchange:
     ``static=True`` (once, before the first step). ``levels`` is the number of vertical levels of
     every field of the exchange. ``signs`` gives -1 for vector components (the north fold flips
     them), ``point`` the grid point type (T, U, V, F) and ``dtype`` the dtype the model sends.
+    ``stack`` hands the worker's model the exchange's inputs as ONE batch
+    ``(tiles, fields * levels, H, W)`` (fields in ``inputs`` order): ``True`` names that keyword
+    after the inputs joined by ``_`` (``u_v``), a string names it; None follows the tunnel's
+    ``stack`` option. Only the workers read it.
     """
 
     inputs: Sequence[str] = ()
@@ -30,6 +34,7 @@ class Exchange:
     signs: dict = field(default_factory=dict)
     point: str | None = None
     dtype: str = "float64"
+    stack: bool | str | None = None
 
     def __post_init__(self):
         self.inputs = _names(self.inputs, "inputs")
@@ -63,12 +68,24 @@ class Exchange:
         for name, sgn in self.signs.items():
             if sgn not in (1, -1, 1.0, -1.0):
                 raise ValueError(f"Exchange: signs[{name!r}] must be +1 or -1, got {sgn!r}")
+        if not (self.stack is None or isinstance(self.stack, bool)
+                or (isinstance(self.stack, str) and self.stack.isidentifier())):
+            raise ValueError(f"Exchange{self.inputs}: stack must be True, False, None or a "
+                             f"keyword name, got {self.stack!r}")
+
+    def stack_name(self, default: bool | str = False) -> str | None:
+        """The keyword of the stacked inputs, or None when they are handed one by one
+        (``default``: the tunnel's ``stack`` option, used when ``stack`` is None)."""
+        stack = default if self.stack is None else self.stack
+        if not stack or not self.inputs:
+            return None
+        return stack if isinstance(stack, str) else "_".join(self.inputs)
 
     def to_dict(self) -> dict:
         return {"inputs": list(self.inputs), "outputs": list(self.outputs), "levels": self.levels,
                 "every": self.every, "freq": self.freq, "static": self.static,
                 "signs": {k: float(v) for k, v in self.signs.items()}, "point": self.point,
-                "dtype": self.dtype}
+                "dtype": self.dtype, "stack": self.stack}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Exchange":

@@ -247,14 +247,17 @@ class _TypeCache:
 class Sender:
     """Sends one field's runs of a 4-D target to several peers.
 
-    ``packed``: the kernels pack into one persistent buffer, persistent requests send it.
-    ``datatype``: one struct datatype per peer describes the runs over the user's memory, so
-    nothing is packed; the datatype is cached per array shape.
+    ``packed``: the kernels pack into one persistent buffer, persistent requests send it; the
+    target can be anything indexable by tile (``target[k]`` a 3-D array), e.g. a batch whose
+    land tiles were left out. ``datatype``: one struct datatype per peer describes the runs over
+    the user's memory (a contiguous 4-D array), so nothing is packed; the datatype is cached per
+    array shape. ``alloc(n, dtype)`` makes the packed buffer (device memory with CUDA-aware MPI,
+    then ``mpi_buf`` wraps its slices for mpi4py and ``sync`` runs between packing and sending).
     """
 
     def __init__(self, comm, routes: list[Route], nz: int, dtype, tag: int, strategy: str,
                  backend=None, timeout: float | None = None, name: str = "send",
-                 peer_label: str = "rank"):
+                 peer_label: str = "rank", alloc=None, mpi_buf=None, sync=None):
         self.comm, self.routes, self.nz, self.tag = comm, routes, nz, tag
         self.timeout, self.name, self.peer_label = timeout, name, peer_label
         self.dtype = np.dtype(dtype)
@@ -262,18 +265,19 @@ class Sender:
         self.kern = kernels.get(backend)
         self.requests = []
         self._pending = None
+        self._sync = sync
         self.bytes = sum(r.cells for r in routes) * nz * self.dtype.itemsize
         if strategy == "packed":
-            MPI = mpi()
             total = sum(r.cells for r in routes) * nz
-            self.buf = np.empty(total, dtype=self.dtype)
+            self.buf = (alloc or np.empty)(total, self.dtype)
             self.slices = []
             pos = 0
             for r in routes:
                 n = r.cells * nz
                 self.slices.append(self.buf[pos:pos + n])
                 pos += n
-            self.persistent = [comm.Send_init([sl, mpi_float(self.dtype)], r.peer, tag)
+            wrap = mpi_buf or (lambda b: b)
+            self.persistent = [comm.Send_init([wrap(sl), mpi_float(self.dtype)], r.peer, tag)
                                for sl, r in zip(self.slices, routes)]
         self._types = _TypeCache(routes, folded_ok=False)
         self.copy_plans: dict = {}  # offset -> [(index, runs, buffer part)], packed strategy
@@ -285,6 +289,8 @@ class Sender:
         if self.strategy == "packed":
             for k, runs, part in _copy_plan(self, offset):
                 self.kern.pack(target[k], runs, part)
+            if self._sync is not None:
+                self._sync()  # device kernels must finish before MPI reads the buffer
             MPI.Prequest.Startall(self.persistent)
             self.requests = self.persistent
         else:
@@ -313,13 +319,17 @@ class Receiver:
     folded runs. ``fills`` (per target index, rects) take the fill value before the data lands.
 
     ``packed``: persistent receives into one buffer, then the kernels unpack (and cast when the
-    target's dtype differs from the wire dtype). ``datatype``: MPI writes straight into the
-    target through struct datatypes (persistent when the target is the same array each time).
+    target's dtype differs from the wire dtype); the target can be anything indexable by tile,
+    and a tile that is None is skipped (a land tile left out of the batch). ``datatype``: MPI
+    writes straight into the target (a contiguous 4-D array) through struct datatypes
+    (persistent when the target is the same array each time). ``alloc``/``mpi_buf`` as for
+    :class:`Sender` (the packed buffer in device memory).
     """
 
     def __init__(self, comm, routes: list[Route], nz: int, dtype, tag: int, strategy: str,
                  fills: dict | None = None, fill: float = 0.0, backend=None,
-                 timeout: float | None = None, name: str = "receive", peer_label: str = "rank"):
+                 timeout: float | None = None, name: str = "receive", peer_label: str = "rank",
+                 alloc=None, mpi_buf=None):
         self.comm, self.routes, self.nz, self.tag = comm, routes, nz, tag
         self.timeout, self.name, self.peer_label = timeout, name, peer_label
         self.fill_value = fill
@@ -337,17 +347,20 @@ class Receiver:
         self.copy_plans: dict = {}  # offset -> [(index, runs, buffer part)], packed strategy
         if strategy == "packed":
             total = sum(r.cells for r in routes) * nz
-            self.buf = np.empty(total, dtype=self.dtype)
+            self.buf = (alloc or np.empty)(total, self.dtype)
             self.slices, pos = [], 0
             for r in routes:
                 n = r.cells * nz
                 self.slices.append(self.buf[pos:pos + n])
                 pos += n
-            self.persistent = [comm.Recv_init([sl, mpi_float(self.dtype)], r.peer, tag)
+            wrap = mpi_buf or (lambda b: b)
+            self.persistent = [comm.Recv_init([wrap(sl), mpi_float(self.dtype)], r.peer, tag)
                                for sl, r in zip(self.slices, routes)]
 
     def _fill(self, target, offset) -> None:
         for k, rects in self.fills.items():
+            if target[k] is None:
+                continue
             if offset != (0, 0):
                 rects = rects.copy()
                 rects[:, 0] += offset[0]
@@ -396,7 +409,9 @@ class Receiver:
         if self.strategy == "packed":
             self._fill(target, offset)
             for k, runs, part in _copy_plan(self, offset):
-                self.kern.unpack(part, target[k], runs, sign)
+                dst = target[k]
+                if dst is not None:  # None: a tile left out of the batch (land)
+                    self.kern.unpack(part, dst, runs, sign)
         elif sign != 1.0:
             oj, oi = offset
             for k, runs in self.folded:
