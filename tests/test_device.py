@@ -278,10 +278,10 @@ CASES = {
     "jax-f32-chunks-stack": ({"framework": "jax", "dtype": "float32", "chunks": 3,
                               "stack": True, "strategy": "datatype"}, {}, "jax"),
     "numba-sim-staged": ({"framework": "numba", "device": "cuda", "dtype": "float32",
-                          "chunks": 2, "land_rect": LAND_ONE_TILE_LEFT, "stack_ex0": True},
-                         SIM, None),
+                          "chunks": 2, "land_rect": LAND_ONE_TILE_LEFT, "stack_ex0": True,
+                          "simulator": True}, SIM, None),
     "numba-sim-direct": ({"framework": "numba", "device": "cuda", "dtype": "float32",
-                          "chunks": 2, "land_rect": LAND_ONE_TILE_LEFT},
+                          "chunks": 2, "land_rect": LAND_ONE_TILE_LEFT, "simulator": True},
                          dict(SIM, EOPHIS_HPC_CUDA_AWARE_MPI="1"), None),
 }
 EXPECT = {"numpy-f64-stack-datatype": ["numpy on cpu: host", "'u': packed strategy (stacked "
@@ -295,8 +295,9 @@ EXPECT = {"numpy-f64-stack-datatype": ["numpy on cpu: host", "'u': packed strate
           "numba-sim-direct": ["numba on cuda:0: direct (CUDA-aware MPI"]}
 
 
-def case_config(name: str) -> tuple[dict, dict]:
-    cfg, env, _ = CASES[name]
+def case_config(name: str, cases: dict = CASES) -> tuple[dict, dict]:
+    """The device_check.py config (2 model ranks, 2 workers, 6 tiles) and environment."""
+    cfg, env, _ = cases[name]
     cfg = dict(cfg)
     exchanges = json.loads(json.dumps(EXCHANGES))
     if cfg.pop("stack_ex0", False):

@@ -332,6 +332,8 @@ class TorchAdapter(Adapter):
         import torch
         self.torch = torch
         self.dev = None if index is None else torch.device("cuda", index)
+        if index is not None:
+            torch.cuda.set_device(self.dev)  # the worker's GPU: the model's default device too
 
     def _tdtype(self, dtype):
         return {np.dtype(np.float32): self.torch.float32,

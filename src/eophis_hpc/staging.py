@@ -282,8 +282,9 @@ class Feed:
                     else:
                         value = self.ad.as_device(value)
                     chunks[s.name].append((r0, r1, value))
-            if mode == "direct":
-                self.ad.synchronize(self.ad.current_stream())
+            if mode == "direct":  # the device is idle before MPI reuses any device buffer
+                from .kernels import numba_cuda
+                numba_cuda.synchronize()
             self.timings.add("model", time.perf_counter() - t0)
         return {s.name: self._target(s, chunks[s.name]) for s in specs}
 

@@ -322,6 +322,9 @@ class Tunnel:
             raise CouplingError(f"land={self.land!r}: the model ranks must put this static field "
                                 f"before step {step}'s exchanges")
         specs = [spec for e in group for spec in self.schedule.outputs_of(e)]
+        for spec in specs:  # MPI may still read the last outputs (pinned buffers are reused)
+            if self._senders[spec.name].strategy == "datatype":
+                self._senders[spec.name].wait()
         if self._router is not None and not static:
             call = self._router_call(group, step)
             keywords = self._keywords(group)

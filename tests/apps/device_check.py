@@ -91,6 +91,8 @@ def to_host(x, framework: str) -> np.ndarray:
     """A test-side copy of a model input or output (the check, not the hot path)."""
     if framework == "torch":
         return x.cpu().numpy()
+    if framework == "cupy":
+        return x.get()
     if framework == "numba" and hasattr(x, "copy_to_host"):
         return x.copy_to_host()
     return np.asarray(x)
@@ -101,6 +103,9 @@ def from_host(y: np.ndarray, like, framework: str, dev: str):
     if framework == "jax":
         import jax.numpy as jnp
         return jnp.asarray(y)
+    if framework == "cupy":
+        import cupy
+        return cupy.asarray(y)
     if framework == "numba" and dev != "cpu":
         from numba import cuda
         return cuda.to_device(np.ascontiguousarray(y))
@@ -108,12 +113,20 @@ def from_host(y: np.ndarray, like, framework: str, dev: str):
 
 
 def check_type(x, cfg) -> None:
+    """The batch is the framework's own type, where the model runs."""
     fw, dev = cfg.get("framework", "numpy"), cfg.get("device", "cpu")
     kind = type(x).__module__.split(".")[0] + "." + type(x).__name__
+    sim = cfg.get("simulator", False)
     want = {"numpy": "numpy.ndarray", "torch": "torch.Tensor", "jax": "jaxlib.ArrayImpl",
-            "numba": "numpy.ndarray" if dev == "cpu" else "numba.FakeCUDAArray"}[fw]
+            "cupy": "cupy.ndarray",
+            "numba": "numpy.ndarray" if dev == "cpu" else
+            ("numba.FakeCUDAArray" if sim else "numba.DeviceNDArray")}[fw]
     if kind != want and not (fw == "jax" and "Array" in kind):
         raise AssertionError(f"the model got a {kind}, expected {want}")
+    if fw == "torch" and x.device.type != dev.split(":")[0]:
+        raise AssertionError(f"the model got a tensor on {x.device}, expected {dev}")
+    if fw == "jax" and dev != "cpu" and next(iter(x.devices())).platform != "gpu":
+        raise AssertionError(f"the model got a JAX array on {x.devices()}, expected a GPU")
 
 
 def run_worker(cfg) -> None:
