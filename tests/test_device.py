@@ -320,3 +320,32 @@ def test_model_sees_reference_tiles_and_ranks_get_the_global_result(tmp_path, na
     assert res.stdout.count(": OK") == 4, res.stdout
     for text in EXPECT[name]:
         assert text in res.stdout, res.stdout
+
+
+def test_static_exchange_with_outputs_uses_the_land_rows():
+    """A static exchange with outputs is called once on the static batches as the model sees
+    them (land rows only); land tiles send the fill value back."""
+    from eophis_hpc.runtime.schedule import Schedule
+    from eophis_hpc.runtime.timings import Timings
+    from eophis_hpc.staging import Feed
+    sched = Schedule([eh.Exchange(inputs=["mask", "depth"], outputs=["area"], static=True),
+                      eh.Exchange(inputs=["u"], outputs=["fu"])])
+    boxes = [eh.Box(0, 4, 0, 4), eh.Box(0, 4, 4, 8), eh.Box(4, 8, 0, 4)]
+    feed = Feed(sched, [5, 6, 7], boxes, (6, 6), 1, None, device.staging_policy("numpy"), 2,
+                False, "mask", -1.0, Timings())
+    feed.recv_target("mask")[...] = 1.0
+    feed.recv_target("mask")[1, :, 1:5, 1:5] = 0.0      # tile 6 is land (its halo is not)
+    feed.recv_target("depth")[...] = np.arange(3)[:, None, None, None]
+    feed.static_received(0)
+    assert feed.global_tiles(0, feed.n_rows()).tolist() == [5, 7]
+    assert feed.ranges() == [(0, 1), (1, 2)]
+    seen = []
+
+    def call(kwargs, r0, r1):
+        seen.append((r0, r1, kwargs["depth"][:, 0, 0, 0].tolist()))
+        return {"area": kwargs["depth"][:, :, 1:-1, 1:-1] + 10.0}
+
+    (target, offset), = feed.run(["mask", "depth"], call, sched.outputs_of(0)).values()
+    assert seen == [(0, 2, [0.0, 2.0])] and offset == (0, 0)
+    assert [float(target[k][0, 0, 0]) for k in range(3)] == [10.0, -1.0, 12.0]
+    assert feed.recv_target("u")[1] is None and feed.recv_target("u").array.shape[0] == 2

@@ -577,8 +577,7 @@ class HostCudaArray:
                 "data": (self.host.ctypes.data, False), "strides": None, "version": 3}
 
     def __getitem__(self, key):
-        return HostCudaArray(np.ascontiguousarray(self.host[key])) if not \
-            self.host[key].flags.c_contiguous else HostCudaArray(self.host[key])
+        return HostCudaArray(self.host[key])  # a view: refused if not contiguous
 
     def __len__(self):
         return len(self.host)

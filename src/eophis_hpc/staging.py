@@ -265,6 +265,8 @@ class Feed:
         (and ``h2d``, ``d2h``, ``device`` on a GPU) in the timings."""
         ranges = self.ranges()
         mode = self.policy.mode
+        if keywords and all(self.groups[kw].static for kw in keywords):
+            return self._run_static(keywords, call, specs)
         if mode == "staged" and self.policy.framework == "jax":
             chunks = self._run_jax(keywords, call, specs, ranges)
         elif mode == "staged":
@@ -286,6 +288,22 @@ class Feed:
                 from .kernels import numba_cuda
                 numba_cuda.synchronize()
             self.timings.add("model", time.perf_counter() - t0)
+        return {s.name: self._target(s, chunks[s.name]) for s in specs}
+
+    def _run_static(self, keywords, call, specs) -> dict:
+        """A static exchange with outputs (once): one call on the static batches where the
+        model runs (land rows only), outputs brought to where the Senders read them."""
+        n = self.n_rows()
+        t0 = time.perf_counter()
+        chunks = {s.name: [] for s in specs}
+        if n:
+            result = call({kw: self.static_model[kw] for kw in keywords}, 0, n)
+            for s in specs:
+                value = result[s.name]
+                value = (self.ad.as_device(value) if self.policy.mode == "direct" else
+                         np.ascontiguousarray(device.host_view(value, f"output {s.name!r}")))
+                chunks[s.name].append((0, n, value))
+        self.timings.add("model", time.perf_counter() - t0)
         return {s.name: self._target(s, chunks[s.name]) for s in specs}
 
     def _model_view(self, kw: str, r0: int, r1: int):
