@@ -349,3 +349,98 @@ def test_static_exchange_with_outputs_uses_the_land_rows():
     assert seen == [(0, 2, [0.0, 2.0])] and offset == (0, 0)
     assert [float(target[k][0, 0, 0]) for k in range(3)] == [10.0, -1.0, 12.0]
     assert feed.recv_target("u")[1] is None and feed.recv_target("u").array.shape[0] == 2
+
+
+@needs("torch")
+@pytest.mark.parametrize("land", [False, True])
+def test_staged_orchestration_with_torch_on_cpu_streams(monkeypatch, land):
+    """The ``staged`` path (chunked copies queued on one stream, the model on chunk k after
+    chunk k's event, outputs back on a second stream into host buffers) with the torch adapter
+    whose CUDA calls are replaced by CPU ones: same outputs with 1 and 3 chunks, events in the
+    order the overlap needs, land tiles sending the fill value."""
+    import torch
+
+    from eophis_hpc.runtime.schedule import Schedule
+    from eophis_hpc.runtime.timings import Timings
+    from eophis_hpc.staging import Feed
+    log = []
+
+    class CpuStreams(device.TorchAdapter):
+        def __init__(self, index):
+            device.Adapter.__init__(self, index)
+            self.torch, self.dev = torch, torch.device("cpu")
+
+        def host_empty(self, shape, dtype, pinned=False):
+            return device.aligned_empty(shape, dtype)
+
+        def stream(self):
+            return f"s{len(log)}"
+
+        def current_stream(self):
+            return "compute"
+
+        def event(self):
+            return {}
+
+        def record(self, event, stream):
+            event["n"] = len(log)
+            log.append(("record", stream))
+
+        def wait(self, stream, event):
+            log.append(("wait", stream, event["n"]))
+
+        def synchronize(self, stream):
+            log.append(("sync", stream))
+
+        def elapsed_ms(self, start, end):
+            return 1.0
+
+        def h2d(self, dst, src, stream):
+            dst.copy_(torch.from_numpy(src))
+            log.append(("h2d", stream))
+
+        def d2h(self, dst, src, stream):
+            torch.from_numpy(dst).copy_(src)
+            log.append(("d2h", stream))
+
+    monkeypatch.setitem(device.ADAPTERS, "torch", CpuStreams)
+    pol = device.Policy("torch", "cuda:0", "staged", True, False, "test")
+    sched = Schedule([eh.Exchange(inputs=["u", "v"], outputs=["fu"], levels=2),
+                      eh.Exchange(inputs=["mask"], static=True)])
+    boxes = [eh.Box(0, 4, 4 * k, 4 * k + 4) for k in range(4)]
+    results = {}
+    for chunks in (1, 3):
+        log.clear()
+        feed = Feed(sched, [0, 1, 2, 3], boxes, (6, 6), 1, np.float32, pol, chunks, False,
+                    "mask" if land else None, 9.0, Timings())
+        feed.recv_target("mask")[...] = 1.0
+        if land:
+            feed.recv_target("mask")[2, :, 1:5, 1:5] = 0.0
+        feed.static_received(1)
+        rng = np.random.default_rng(3)
+        for name in ("u", "v"):
+            tgt = feed.recv_target(name)
+            for k in range(4):
+                if tgt[k] is not None:
+                    tgt[k][...] = rng.standard_normal(tgt[k].shape)
+
+        def model(kwargs, r0, r1):
+            assert isinstance(kwargs["u"], torch.Tensor) and kwargs["u"].shape[0] == r1 - r0
+            log.append(("model", r0, r1))
+            return {"fu": (kwargs["u"] - 2 * kwargs["v"])[:, :, 1:-1, 1:-1]}
+
+        (target, offset), = feed.run(["u", "v"], model, sched.outputs_of(0)).values()
+        results[chunks] = np.stack([np.asarray(target[k]) for k in range(4)])
+        assert offset == (0, 0)
+        h2d = [i for i, e in enumerate(log) if e[0] == "h2d"]
+        models = [i for i, e in enumerate(log) if e[0] == "model"]
+        n = len(feed.ranges())
+        assert len(h2d) == 2 * n and len(models) == n
+        assert max(h2d) < min(models)  # every copy is queued before the first model call
+        for c, i in enumerate(models):  # the model on chunk c waits for chunk c's event
+            assert log[i - 2][0] == "wait" and log[i - 2][1] == "compute"
+        assert log[-1] == ("sync", log[-2][1]) and log[-2][0] == "record"
+        assert feed.timings.count["h2d"] == feed.timings.count["d2h"] == 1
+    assert np.array_equal(results[1], results[3])
+    if land:
+        assert (results[1][2] == 9.0).all() and not (results[1][[0, 1, 3]] == 9.0).any()
