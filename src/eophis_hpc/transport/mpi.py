@@ -333,6 +333,7 @@ class Receiver:
         self.comm, self.routes, self.nz, self.tag = comm, routes, nz, tag
         self.timeout, self.name, self.peer_label = timeout, name, peer_label
         self.fill_value = fill
+        self._fills_at: dict = {}  # offset -> {index: fill rects shifted by the offset}
         self.dtype = np.dtype(dtype)
         self.strategy = strategy
         self.fills = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in (fills or {}).items()
@@ -358,13 +359,18 @@ class Receiver:
                                for sl, r in zip(self.slices, routes)]
 
     def _fill(self, target, offset) -> None:
-        for k, rects in self.fills.items():
-            if target[k] is None:
-                continue
-            if offset != (0, 0):
+        shifted = self._fills_at.get(offset)
+        if shifted is None:  # once per offset: a step allocates nothing
+            shifted = {}
+            for k, rects in self.fills.items():
                 rects = rects.copy()
                 rects[:, 0] += offset[0]
                 rects[:, 1] += offset[1]
+                shifted[k] = rects
+            self._fills_at[offset] = shifted
+        for k, rects in shifted.items():
+            if target[k] is None:
+                continue
             self.kern.fill(target[k], rects, self.fill_value)
 
     def post(self, target: np.ndarray | None = None, offset: tuple[int, int] = (0, 0)) -> None:
