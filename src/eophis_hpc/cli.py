@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=_positive, default=300)
     demo.add_argument("--grid", default="ORCA2", help="grid preset (ORCA2, ORCA1, eORCA05, ...)")
     demo.add_argument("--levels", type=_positive, default=4)
-    demo.add_argument("--strategy", choices=("packed", "datatype"), default="packed")
+    demo.add_argument("--strategy", choices=("packed", "datatype"), default="datatype")
     demo.add_argument("--backend", choices=("cython", "numba", "numpy"), default=None)
     demo.add_argument("--cnn", choices=("light", "full"), default="light",
                       help="hidden channels: light (16, 8, ...) or the published 128, 64, 32...")

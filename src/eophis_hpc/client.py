@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from . import config
+from .decomposition import Decomposition
 from .grid import Grid
 from .runtime import handshake
 from .runtime.schedule import FieldSpec
@@ -26,7 +27,8 @@ STRATEGIES = ("packed", "datatype")
 def connect(grid: Grid, box, *, holes: bool = False, fields: dict | None = None,
             strategy: str | None = None, backend: str | None = None,
             timeout: float | None = None, check_finite: bool = False) -> "Coupler":
-    """Join the coupled job as a model rank owning ``box`` = (j0, j1, i0, i1) of ``grid``.
+    """Join the coupled job as a model rank owning ``box`` = (j0, j1, i0, i1) of ``grid`` (or
+    give the model's whole Decomposition: rank r of the model communicator takes box r).
 
     Collective over all model ranks. ``fields`` (optional) declares ``{name: {"levels": n,
     "dtype": "float64", "direction": "in"|"out"}}`` so that a mismatch with the workers is caught
@@ -50,6 +52,12 @@ class Coupler:
             raise ValueError(f"connect: strategy={strategy!r} is not one of {STRATEGIES}")
         self.link = Link("model")
         self.comm = self.link.comm  # the model's own communicator, to use instead of COMM_WORLD
+        if isinstance(box, Decomposition):  # one box per model rank, in rank order
+            if len(box.boxes) != self.link.size:
+                raise CouplingError(f"connect: the decomposition has {len(box.boxes)} boxes for "
+                                    f"{self.link.size} model ranks", collective=True)
+            holes = holes or box.holes
+            box = box.boxes[self.link.rank]
         self.layout, self.schedule, options = handshake.model_side(self.link, grid, box, holes, fields)
         self.grid = grid
         self.rank = self.link.rank

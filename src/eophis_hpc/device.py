@@ -238,10 +238,13 @@ def report() -> list[str]:
 
 # ---------------------------------------------------------------------- host memory
 def aligned_empty(shape, dtype) -> np.ndarray:
-    """An uninitialised C-ordered array starting on a 64-byte boundary."""
+    """A C-ordered array starting on a 64-byte boundary, its pages touched now (zeros) so the
+    first coupling step does not pay the page faults (measured: up to 14x slower first trip
+    on GB-sized fields)."""
     dtype = np.dtype(dtype)
     n = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(n + ALIGN, dtype=np.uint8)
+    raw.fill(0)
     off = (-raw.ctypes.data) % ALIGN
     return raw[off:off + n].view(dtype).reshape(shape)
 

@@ -62,15 +62,13 @@ def run_model_rank(out_dir: Path, cfg: dict) -> None:
     import eophis_hpc as eh
     from eophis_hpc.decomposition import best_factors
     from eophis_hpc.halo import HaloExchange
-    from mpi4py import MPI
 
     grid = eh.Grid.preset(cfg["grid"])
     nz, steps = cfg["levels"], cfg["steps"]
-    world = MPI.COMM_WORLD
     n_model = cfg["model_ranks"]
     dec = eh.Decomposition.blocks(grid, *best_factors(n_model, grid.nx, grid.ny))
-    box = dec.boxes[world.rank]  # model ranks come first in the MPMD launch
-    cpl = eh.connect(grid, box, strategy=cfg["strategy"], backend=cfg["backend"])
+    cpl = eh.connect(grid, dec, strategy=cfg["strategy"], backend=cfg["backend"])
+    box = cpl.box
     comm, rank = cpl.comm, cpl.comm.rank
     halo = HaloExchange(comm, grid, dec, 1, nz=nz, sign=-1.0, backend=cfg["backend"])
     u0, v0 = initial_state(grid, nz)

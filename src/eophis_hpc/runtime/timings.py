@@ -19,6 +19,10 @@ class Timings:
         self.recent: dict[str, deque] = {}
         self.bytes: dict[str, int] = {}
 
+    def reset(self) -> None:
+        """Forget everything measured so far (e.g. after warm-up steps)."""
+        self.total, self.count, self.recent, self.bytes = {}, {}, {}, {}
+
     def add(self, phase: str, seconds: float) -> None:
         self.total[phase] = self.total.get(phase, 0.0) + seconds
         self.count[phase] = self.count.get(phase, 0) + 1

@@ -204,6 +204,13 @@ def _datatype(base, itemsize: int, shape: tuple, parts: list, folded_ok: bool):
     return dt
 
 
+def _touched(n: int, dtype) -> np.ndarray:
+    """A persistent buffer with its pages touched at set-up, not during the first step."""
+    buf = np.empty(n, dtype)
+    buf.fill(0)
+    return buf
+
+
 def _copy_plan(side, offset: tuple[int, int]) -> list:
     """``[(index, runs, buffer part)]`` of a packed Sender/Receiver for runs shifted by
     ``offset``: built once per offset, so a step allocates nothing."""
@@ -269,7 +276,7 @@ class Sender:
         self.bytes = sum(r.cells for r in routes) * nz * self.dtype.itemsize
         if strategy == "packed":
             total = sum(r.cells for r in routes) * nz
-            self.buf = (alloc or np.empty)(total, self.dtype)
+            self.buf = (alloc or _touched)(total, self.dtype)
             self.slices = []
             pos = 0
             for r in routes:
@@ -348,7 +355,7 @@ class Receiver:
         self.copy_plans: dict = {}  # offset -> [(index, runs, buffer part)], packed strategy
         if strategy == "packed":
             total = sum(r.cells for r in routes) * nz
-            self.buf = (alloc or np.empty)(total, self.dtype)
+            self.buf = (alloc or _touched)(total, self.dtype)
             self.slices, pos = [], 0
             for r in routes:
                 n = r.cells * nz
