@@ -1,4 +1,4 @@
-"""Driver of the MPI round-trip benchmark (issue 3): launches ``mpi_roundtrip.py`` for each
+"""Driver of the MPI round-trip benchmark (issue 3): launches ``eophis_hpc.bench.roundtrip`` for each
 configuration as an MPMD job with this Python's own ``mpiexec``, collects the records, writes a
 pytest-benchmark-compatible JSON file and prints the table of medians and ratios.
 
@@ -34,7 +34,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROGRAM = HERE / "mpi_roundtrip.py"
 
 GRIDS = {"eORCA05": "720x603", "eORCA025": "1440x1206"}
 # Published pyoasis figures (Eophis through OASIS3-MCT, 2 model ranks to 1 Python rank, 2-core
@@ -110,9 +109,9 @@ def run_job(c: dict, outdir: Path, timeout: float, tag: str = "") -> tuple[dict 
         rec_path.unlink()
     cfg = dict(c, out=str(rec_path), time_limit=max(30.0, timeout - 20.0))
     cfg_path.write_text(json.dumps(cfg, indent=1))
-    py, prog = sys.executable, str(PROGRAM)
-    cmd = [mpiexec(), "-n", str(c["P"]), py, prog, "model", str(cfg_path),
-           ":", "-n", str(c["Q"]), py, prog, "worker", str(cfg_path)]
+    prog = [sys.executable, "-m", "eophis_hpc.bench.roundtrip"]
+    cmd = [mpiexec(), "-n", str(c["P"]), *prog, "model", str(cfg_path),
+           ":", "-n", str(c["Q"]), *prog, "worker", str(cfg_path)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("EOPHIS_HPC_CONFIG", None)  # no settings file: the options are the configuration's
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -292,7 +291,7 @@ def bench_json(records: list[dict]) -> dict:
                 extra["model_phases_median_s"] = rec["model_phases_median_s"]
             benches.append({
                 "group": ident, "name": name,
-                "fullname": f"benchmarks/mpi_roundtrip.py::{name}",
+                "fullname": f"eophis_hpc/bench/roundtrip.py::{name}",
                 "params": {"config": ident, "path": path}, "param": f"{ident}-{path}",
                 "extra_info": extra,
                 "options": {"disable_gc": False, "timer": "perf_counter",

@@ -1,9 +1,13 @@
 """MPI round-trip benchmark (issue 3): one configuration, three paths, same job, same bytes.
 
-Usage (MPMD, model ranks first)::
+Usage (MPMD, model ranks first; used by ``benchmarks/run_roundtrip.py``, ``eophis-hpc bench``
+and ``eophis-hpc tune``)::
 
-    mpiexec -n P python mpi_roundtrip.py model CONFIG.json \
-          : -n Q python mpi_roundtrip.py worker CONFIG.json
+    mpiexec -n P python -m eophis_hpc.bench.roundtrip model CONFIG.json \
+          : -n Q python -m eophis_hpc.bench.roundtrip worker CONFIG.json
+
+Options of CONFIG besides the field (grid, levels, dtype, halo, P, Q, warmup, steps, out):
+``strategy``, ``backend``, ``tiles`` (total tiles) and ``naive`` (false skips path (c)).
 
 Per round trip (one field ``u`` of ``levels`` x the model's box, out and back):
 
@@ -105,7 +109,7 @@ def pad_extend(glb: np.ndarray, g: eh.Grid, h: int, fill: float = 0.0) -> np.nda
 # --------------------------------------------------------------------------- helpers
 def watchdog(seconds: float, world) -> threading.Timer:
     def fire():
-        print(f"mpi_roundtrip: world rank {world.rank}: no end after {seconds:.0f} s, aborting",
+        print(f"roundtrip: world rank {world.rank}: no end after {seconds:.0f} s, aborting",
               file=sys.stderr, flush=True)
         world.Abort(3)
     t = threading.Timer(seconds, fire)
@@ -198,6 +202,19 @@ def model_main(cfg, world, comm) -> None:
     wall["raw"] = time.perf_counter()
 
     # (c) naive: gather to model rank 0, numpy.pad halos, tiles to workers, back, scatter
+    if not cfg.get("naive", True):
+        workers = world.recv(source=P, tag=TAG_REPORT) if rank == 0 else None
+        if rank == 0:
+            w = cfg["warmup"]
+            record["paths"] = {"eophis": stats(eophis_max, w), "raw": stats(raw_max, w),
+                               "naive": None}
+            record["bytes"] = {"eophis": int(eophis_bytes), "raw": int(raw_bytes),
+                               "field": int(nz * g.nx * g.ny * dtype.itemsize)}
+            record["model_phases_median_s"] = model_phases
+            record["worker_phases"] = workers
+            with open(cfg["out"], "w") as fh:
+                json.dump(record, fh, indent=1)
+        return
     mtype = MPI.FLOAT if dtype == np.float32 else MPI.DOUBLE
     counts = [nz * b.size for b in dec.boxes]
     displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
@@ -281,7 +298,8 @@ def worker_main(cfg, world, comm) -> None:
     # (a) eophis_hpc: identity model, returned with its halo (the runtime strips it)
     tunnel = eh.Tunnel(g, halo=h, exchanges=[eh.Exchange(inputs=["u"], outputs=["fu"], levels=nz,
                                                          dtype=cfg["dtype"])],
-                       strategy=cfg["strategy"], backend=cfg.get("backend"), verbose=False)
+                       strategy=cfg["strategy"], backend=cfg.get("backend"),
+                       tiles=cfg.get("tiles"), verbose=False)
     calls = {"n": 0}
     lv = check_levels(nz)
 
@@ -316,6 +334,11 @@ def worker_main(cfg, world, comm) -> None:
     world.Barrier()
 
     # (c) naive
+    if not cfg.get("naive", True):
+        reports = comm.gather(phases, root=0)
+        if w == 0:
+            world.send(reports, dest=0, tag=TAG_REPORT)
+        return
     t = eh.Decomposition.auto(g, Q).boxes[w]
     tile = np.empty((nz, t.shape[0] + 2 * h, t.shape[1] + 2 * h), dtype=dtype)
     for step in range(naive_total(cfg)):
@@ -331,7 +354,7 @@ def worker_main(cfg, world, comm) -> None:
 # --------------------------------------------------------------------------- entry point
 def main(argv) -> None:
     if len(argv) != 3 or argv[1] not in ("model", "worker"):
-        sys.exit("usage: python mpi_roundtrip.py model|worker CONFIG.json")
+        sys.exit("usage: python -m eophis_hpc.bench.roundtrip model|worker CONFIG.json")
     with open(argv[2]) as fh:
         cfg = json.load(fh)
     MPI = mpi()
@@ -345,7 +368,7 @@ def main(argv) -> None:
         (model_main if role == "model" else worker_main)(cfg, world, comm)
         comm.Free()
     except BaseException:
-        print(f"mpi_roundtrip: world rank {world.rank} ({argv[1]}):\n{traceback.format_exc()}",
+        print(f"roundtrip: world rank {world.rank} ({argv[1]}):\n{traceback.format_exc()}",
               file=sys.stderr, flush=True)
         world.Abort(1)
     dog.cancel()
