@@ -25,15 +25,14 @@ import argparse
 import json
 import os
 import resource
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from eophis_hpc.bench import runner
+
 
 GRIDS = {"eORCA05": "720x603", "eORCA025": "1440x1206"}
 # Published pyoasis figures (Eophis through OASIS3-MCT, 2 model ranks to 1 Python rank, 2-core
@@ -93,38 +92,9 @@ def matrix(quick: bool) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- running
-def mpiexec() -> str:
-    exe = Path(sys.executable).parent / "mpiexec"
-    if not exe.exists():
-        sys.exit(f"no mpiexec next to {sys.executable}: install the 'mpich' wheel")
-    return str(exe)
-
-
 def run_job(c: dict, outdir: Path, timeout: float, tag: str = "") -> tuple[dict | None, str]:
     """Run one configuration; returns (record or None, error text)."""
-    ident = cfg_id(c) + tag
-    outdir = outdir.resolve()  # the job runs there (no eophis_hpc.toml to pick up)
-    cfg_path, rec_path = outdir / f"config-{ident}.json", outdir / f"record-{ident}.json"
-    if rec_path.exists():
-        rec_path.unlink()
-    cfg = dict(c, out=str(rec_path), time_limit=max(30.0, timeout - 20.0))
-    cfg_path.write_text(json.dumps(cfg, indent=1))
-    prog = [sys.executable, "-m", "eophis_hpc.bench.roundtrip"]
-    cmd = [mpiexec(), "-n", str(c["P"]), *prog, "model", str(cfg_path),
-           ":", "-n", str(c["Q"]), *prog, "worker", str(cfg_path)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("EOPHIS_HPC_CONFIG", None)  # no settings file: the options are the configuration's
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=outdir, start_new_session=True)
-    try:
-        text, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the job's own process group (mpiexec + ranks)
-        text, _ = proc.communicate()
-        return None, f"timed out after {timeout:.0f} s\n{text[-2000:]}"
-    if proc.returncode != 0 or not rec_path.exists():
-        return None, f"exit status {proc.returncode}\n{text[-2000:]}"
-    return json.loads(rec_path.read_text()), ""
+    return runner.run_job(c, outdir, timeout, cfg_id(c) + tag)
 
 
 def _busy_seconds() -> tuple[float, float] | None:
