@@ -25,13 +25,14 @@ def mpiexec() -> str:
 
 
 def run_mpmd(model: tuple[int, list[str]], workers: tuple[int, list[str]], timeout: float = 120,
-             env: dict | None = None) -> subprocess.CompletedProcess:
+             env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     """``mpiexec -n P python <model args> : -n Q python <worker args>``; fails after ``timeout``."""
     (p, margs), (q, wargs) = model, workers
     cmd = [mpiexec(), "-n", str(p), sys.executable, *margs, ":", "-n", str(q), sys.executable, *wargs]
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
+                              cwd=cwd)
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         err = (exc.stderr or b"").decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
@@ -40,10 +41,10 @@ def run_mpmd(model: tuple[int, list[str]], workers: tuple[int, list[str]], timeo
 
 
 def run_app(tmp_path, config: dict, p: int, q: int, timeout: float = 120, app: str = "coupled_check.py",
-            env: dict | None = None):
+            env: dict | None = None, cwd=None):
     """Run ``tests/apps/<app>`` as model (P ranks) and worker (Q ranks) with ``config``."""
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(config))
     script = str(APPS / app)
     return run_mpmd((p, [script, "model", str(cfg)]), (q, [script, "worker", str(cfg)]), timeout,
-                    env)
+                    env, cwd)

@@ -1,4 +1,4 @@
-"""Command line: ``eophis-hpc demo | run | info``."""
+"""Command line: ``eophis-hpc demo | run | tune | info``."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model-args", default="", help="arguments of the model, one string")
     run.add_argument("--closure-args", default="", help="arguments of the closure, one string")
 
+    tune = sub.add_parser("tune", help="measure candidate settings for a grid and rank counts "
+                                       "and write the fastest to eophis_hpc.toml")
+    tune.add_argument("--grid", required=True, help="grid preset (ORCA2, eORCA025, ...)")
+    tune.add_argument("--levels", type=_positive, default=1)
+    tune.add_argument("--model-ranks", type=_positive, required=True)
+    tune.add_argument("--workers", type=_positive, required=True)
+    tune.add_argument("--halo", type=int, default=0)
+    tune.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    tune.add_argument("--device", default="cpu", help="cpu (GPU settings: see the staging policy)")
+    tune.add_argument("--time-budget", type=float, default=120.0,
+                      help="seconds for the whole search (default 120)")
+    tune.add_argument("--out", default="eophis_hpc.toml", help="settings file to write")
+    tune.add_argument("--dry-run", action="store_true", help="list the candidates only")
+
     sub.add_parser("info", help="versions, MPI library, kernel backends, frameworks")
     return parser
 
@@ -64,6 +78,9 @@ def main(argv=None) -> int:
         if args.dry_run:
             return 0
         return subprocess.run(cmd).returncode
+    if args.command == "tune":
+        from .tune import main as tune_main
+        return tune_main(args)
     if args.command == "info":
         from .info import report
         print(report())

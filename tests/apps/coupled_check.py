@@ -193,6 +193,8 @@ def run_worker(cfg) -> None:
                     if not np.array_equal(got[k], reference_tile(glb, g, box, h)):
                         raise AssertionError(f"static {name}: tile {d} differs")
     tunnel.run()
+    print(f"worker {tunnel.link.rank}: settings strategy={tunnel.strategy} "
+          f"backend={tunnel.backend} tiles={len(tunnel.layout.dst.boxes)}", flush=True)
     if "rss" in seen:
         print(f"worker {tunnel.link.rank}: rss growth {seen['rss_last'] - seen['rss']} KiB",
               flush=True)
