@@ -211,6 +211,16 @@ def _touched(n: int, dtype) -> np.ndarray:
     return buf
 
 
+def _route_buffers(routes: list, nz: int, dtype, alloc=None):
+    """One persistent buffer for all routes (pages touched now) and its slice per route."""
+    buf = (alloc or _touched)(sum(r.cells for r in routes) * nz, dtype)
+    slices, pos = [], 0
+    for r in routes:
+        slices.append(buf[pos:pos + r.cells * nz])
+        pos += r.cells * nz
+    return buf, slices
+
+
 def _copy_plan(side, offset: tuple[int, int]) -> list:
     """``[(index, runs, buffer part)]`` of a packed Sender/Receiver for runs shifted by
     ``offset``: built once per offset, so a step allocates nothing."""
@@ -275,14 +285,7 @@ class Sender:
         self._sync = sync
         self.bytes = sum(r.cells for r in routes) * nz * self.dtype.itemsize
         if strategy == "packed":
-            total = sum(r.cells for r in routes) * nz
-            self.buf = (alloc or _touched)(total, self.dtype)
-            self.slices = []
-            pos = 0
-            for r in routes:
-                n = r.cells * nz
-                self.slices.append(self.buf[pos:pos + n])
-                pos += n
+            self.buf, self.slices = _route_buffers(routes, nz, self.dtype, alloc)
             wrap = mpi_buf or (lambda b: b)
             self.persistent = [comm.Send_init([wrap(sl), mpi_float(self.dtype)], r.peer, tag)
                                for sl, r in zip(self.slices, routes)]
@@ -354,13 +357,7 @@ class Receiver:
         self._bound = {}  # (shape, offset, address) -> persistent requests (datatype strategy)
         self.copy_plans: dict = {}  # offset -> [(index, runs, buffer part)], packed strategy
         if strategy == "packed":
-            total = sum(r.cells for r in routes) * nz
-            self.buf = (alloc or _touched)(total, self.dtype)
-            self.slices, pos = [], 0
-            for r in routes:
-                n = r.cells * nz
-                self.slices.append(self.buf[pos:pos + n])
-                pos += n
+            self.buf, self.slices = _route_buffers(routes, nz, self.dtype, alloc)
             wrap = mpi_buf or (lambda b: b)
             self.persistent = [comm.Recv_init([wrap(sl), mpi_float(self.dtype)], r.peer, tag)
                                for sl, r in zip(self.slices, routes)]
