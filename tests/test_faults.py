@@ -112,6 +112,8 @@ def test_handshake_mismatch_stops_every_rank_with_one_message(tmp_path, change, 
     ({"bad_dtype": [0, 1]}, "put('u'): dtype int32, the exchange expects float64"),
     ({"bad_layout": [1, 0]}, "put('u'): the array must be C-contiguous"),
     ({"missing_output_at": 2}, "missing ['fu', 'fv']"),
+    ({"extra_output_at": 1}, "extra ['bogus']"),
+    ({"int_output_at": 1}, "output 'fu': dtype int64 is not float32/float64"),
 ])
 def test_bad_data_names_the_field(tmp_path, fault, message):
     res, _ = run_fault(tmp_path, **fault)

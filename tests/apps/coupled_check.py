@@ -155,6 +155,11 @@ def run_worker(cfg) -> None:
             out[output_name(name)] = stencil(batch, h)
             if cfg.get("missing_output_at") == step:
                 return {}
+            if cfg.get("int_output_at") == step:
+                out[output_name(name)] = stencil(batch, h).astype(np.int64)
+                continue
+            if cfg.get("extra_output_at") == step:
+                out["bogus"] = stencil(batch, h)
             if cfg.get("bad_output_at") == step:
                 out[output_name(name)] = out[output_name(name)][:, :, 1:]
             if cfg.get("nan_output_at") == step:
