@@ -50,3 +50,23 @@ def test_info_lists_backends():
     res = cli("info")
     assert res.returncode == 0, res.stderr
     assert "cython  ok" in res.stdout and "MPICH" in res.stdout
+
+
+class _NotWeights:
+    """An arbitrary object: a weights file holding it must be refused, not unpickled."""
+
+
+def test_cnn_weights_load_safely(tmp_path):
+    torch = pytest.importorskip("torch", reason="the demo's CNN needs torch")
+    from eophis_hpc.demo import gz21
+
+    net = gz21.build(seed=3)
+    good = tmp_path / "w.pt"
+    torch.save(net.state_dict(), good)
+    again = gz21.build(weights=str(good))
+    for a, b in zip(net.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": _NotWeights()}, bad)
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported global"):
+        gz21.build(weights=str(bad))
