@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 
 # Targets of issue 2 for the compiled (Cython) pack/unpack path.
-MIN_COPYTO_RATIO = 0.7
-MIN_FANCY_SPEEDUP = 3.0
+from eophis_hpc.bench.records import MIN_COPYTO_RATIO, MIN_FANCY_SPEEDUP
 
 
 @dataclass
