@@ -23,23 +23,16 @@ path on a CPU, with meaningless figures).
 from __future__ import annotations
 
 import os
-import statistics
 
-import numpy as np
 import pytest
 
-import eophis_hpc as eh
 from eophis_hpc import device
-from eophis_hpc.runtime.schedule import Schedule
+from eophis_hpc.bench.staging import MIN_BANDWIDTH_RATIO, REPEATS, TILES_PER_WORKER, bandwidth, \
+    make_feed
 from eophis_hpc.runtime.timings import Timings
-from eophis_hpc.staging import Feed
 
 FRAMEWORK = os.environ.get("EOPHIS_HPC_BENCH_FRAMEWORK", "torch")
-HALO = 10
-TILES_PER_WORKER = 8
 CHUNKS = 8  # at most one chunk per tile: hides at most 1 - 1/CHUNKS of the copies
-REPEATS = 20
-MIN_BANDWIDTH_RATIO = 0.8
 MIN_OVERLAP = 0.8
 
 
@@ -53,70 +46,21 @@ def _gpu_or_skip() -> None:
         pytest.skip(f"no GPU for {FRAMEWORK} here ({what})")
 
 
-def make_feed(levels: int, chunks: int, timings: Timings) -> tuple[Feed, Schedule]:
-    """The tunnel's Feed for one worker of eORCA025 / 36 tiles, inputs u, v float32."""
-    grid = eh.Grid.preset("eORCA025")
-    dec = eh.Decomposition.auto(grid, 36)
-    H, W = dec.max_shape()
-    sched = Schedule([eh.Exchange(inputs=["u", "v"], outputs=["su", "sv"], levels=levels,
-                                  dtype="float32")])
-    boxes = dec.boxes[:TILES_PER_WORKER]
-    policy = device.staging_policy(FRAMEWORK, "cuda", cuda_aware=False)
-    feed = Feed(sched, range(TILES_PER_WORKER), boxes, (H + 2 * HALO, W + 2 * HALO), HALO, None,
-                policy, chunks, False, None, 0.0, timings)
-    rng = np.random.default_rng(0)
-    for name in ("u", "v"):
-        feed.recv_target(name)[...] = rng.standard_normal(feed.host[name].shape)
-    return feed, sched
-
-
 def report(line: str) -> None:
     print("\n[gpu bench] " + line, flush=True)
-
-
-def _plain_copy_ms(feed: Feed, direction: str) -> float:
-    """One copy of the same bytes (both fields) with the framework's own call, on one stream,
-    timed by CUDA events (median of REPEATS)."""
-    ad = feed.ad
-    s = ad.stream()
-    times = []
-    for _ in range(REPEATS):
-        a, b = ad.event(), ad.event()
-        ad.record(a, s)
-        for kw in ("u", "v"):
-            if direction == "h2d":
-                ad.h2d(feed.dev[kw], feed.host[kw], s)
-            else:
-                ad.d2h(feed.host[kw], feed.dev[kw], s)
-        ad.record(b, s)
-        ad.synchronize(s)
-        times.append(ad.elapsed_ms(a, b))
-    return statistics.median(times)
 
 
 @pytest.mark.parametrize("levels", [1, 36])
 def test_staging_bandwidth_vs_plain_pinned_copy(levels):
     _gpu_or_skip()
-    timings = Timings()
-    feed, sched = make_feed(levels, chunks=1, timings=timings)
-    specs = sched.outputs_of(0)
-
-    def identity(kwargs, r0, r1):
-        return {"su": kwargs["u"], "sv": kwargs["v"]}
-
-    for _ in range(3):  # warm-up: allocations, pinned output buffers
-        feed.run(["u", "v"], identity, specs)
-    timings = feed.timings = Timings()
-    for _ in range(REPEATS):
-        feed.run(["u", "v"], identity, specs)
-    nbytes = sum(feed.host[kw].nbytes for kw in ("u", "v"))
-    h2d, d2h = timings.median("h2d") * 1e3, timings.median("d2h") * 1e3
-    plain_h2d, plain_d2h = _plain_copy_ms(feed, "h2d"), _plain_copy_ms(feed, "d2h")
-    for name, ms, plain in (("h2d", h2d, plain_h2d), ("d2h", d2h, plain_d2h)):
-        if not ms or not plain:  # the CUDA simulator times nothing
+    res = bandwidth(FRAMEWORK, levels)
+    nbytes = res["bytes"]
+    for name in ("h2d", "d2h"):
+        ms, plain = res[name]["staging_s"] * 1e3, res[name]["plain_s"] * 1e3
+        ratio = res[name]["ratio"]
+        if ratio is None:  # the CUDA simulator times nothing
             report(f"{FRAMEWORK} levels={levels} {name}: no timing (simulator?)")
             continue
-        ratio = plain / ms
         verdict = "met" if ratio >= MIN_BANDWIDTH_RATIO else "MISSED"
         report(f"{FRAMEWORK} levels={levels} {name}: {nbytes / 1e6:.1f} MB staging "
                f"{nbytes / ms / 1e6:.2f} GB/s, plain pinned copy_ {nbytes / plain / 1e6:.2f} "
@@ -135,7 +79,7 @@ def test_overlap_efficiency_gz21(levels):
     figures = {}
     for chunks in (1, CHUNKS):
         timings = Timings()
-        feed, sched = make_feed(levels, chunks, timings)
+        feed, sched = make_feed(FRAMEWORK, levels, chunks, timings)
         specs = sched.outputs_of(0)
 
         def model(kwargs, r0, r1):

@@ -66,6 +66,21 @@ class CopyJob:
         """The array the pack or unpack writes."""
         return self.wire if self.direction == "pack" else self.array
 
+    def check(self, method: str) -> None:
+        """Run ``method`` once (compiling and touching pages) and compare what it wrote with the
+        NumPy reference kernels' output from the same inputs; raises AssertionError if they
+        differ. ``copyto`` copies the wire buffer and is not checked."""
+        if method == "copyto":
+            self.call(method)()
+            return
+        self.output()[...] = 0
+        self.call("numpy")()
+        expected = self.output().copy()
+        self.output()[...] = 0
+        self.call(method)()
+        np.testing.assert_array_equal(self.output(), expected,
+                                      err_msg=f"{method} {self.direction} differs from numpy")
+
 
 def _messages(runs_list, wire: np.ndarray, nz: int):
     """``(runs, view)`` pairs cutting ``wire`` into consecutive messages."""
@@ -104,8 +119,9 @@ def make_pack_job(plan: eh.Plan, nz: int, dtype) -> CopyJob:
     return CopyJob("pack", piece, wire, _messages(runs_list, wire, nz), index)
 
 
-def median_time(fn, min_rounds: int = 5, max_time: float = 0.5) -> float:
-    """Median seconds of ``fn()`` over at least ``min_rounds`` calls and about ``max_time``."""
+def sample_times(fn, min_rounds: int = 5, max_time: float = 0.5) -> list[float]:
+    """Seconds of each call of ``fn()``, after one warm-up call, over at least ``min_rounds``
+    calls and about ``max_time`` seconds (10000 calls at most)."""
     fn()  # warm-up: JIT compilation, page touching
     samples, t_end = [], time.perf_counter() + max_time
     while len(samples) < min_rounds or time.perf_counter() < t_end:
@@ -114,4 +130,9 @@ def median_time(fn, min_rounds: int = 5, max_time: float = 0.5) -> float:
         samples.append(time.perf_counter() - t0)
         if len(samples) >= 10000:
             break
-    return float(np.median(samples))
+    return samples
+
+
+def median_time(fn, min_rounds: int = 5, max_time: float = 0.5) -> float:
+    """Median seconds of ``fn()`` over at least ``min_rounds`` calls and about ``max_time``."""
+    return float(np.median(sample_times(fn, min_rounds, max_time)))
