@@ -1,4 +1,4 @@
-"""Command line: ``eophis-hpc demo | run | tune | info``."""
+"""Command line: ``eophis-hpc demo | run | tune | bench | info``."""
 from __future__ import annotations
 
 import argparse
@@ -59,6 +59,20 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", default="eophis_hpc.toml", help="settings file to write")
     tune.add_argument("--dry-run", action="store_true", help="list the candidates only")
 
+    from .bench.report import SECTIONS as BENCH_SECTIONS
+    bench = sub.add_parser("bench", help="run the benchmark suite and write a report folder "
+                                         "(summary.md, benchmarks.json, machine.json, plots)")
+    bench.add_argument("--quick", action="store_true", help="a small matrix (under a minute)")
+    bench.add_argument("--out", default="bench-report", help="report folder (default "
+                                                             "bench-report)")
+    bench.add_argument("--only", action="append", metavar="SECTION",
+                       choices=BENCH_SECTIONS,
+                       help="run only this section (repeatable): kernels, plan, mpi, roundtrip, "
+                            "staging, oasis")
+    bench.add_argument("--timeout", type=_positive, default=300,
+                       help="seconds per MPI job before it is killed (default 300)")
+    bench.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' run
+
     sub.add_parser("info", help="versions, MPI library, kernel backends, frameworks")
     return parser
 
@@ -81,6 +95,9 @@ def main(argv=None) -> int:
     if args.command == "tune":
         from .tune import main as tune_main
         return tune_main(args)
+    if args.command == "bench":
+        from .bench.report import main as bench_main
+        return bench_main(args)
     if args.command == "info":
         from .info import report
         print(report())
