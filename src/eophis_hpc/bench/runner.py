@@ -138,7 +138,7 @@ def run_matrix(jobs: list[tuple[dict, int]], outdir: Path, timeout: float, quiet
             rec, err = run_job(c, outdir, timeout, f"{ident}-pass{k + 1}")
         if rec is None and retries > 0:  # e.g. the package was being reinstalled
             log(f"[{n}/{len(jobs)}] {ident}: failed, trying once more: {err.splitlines()[0]}")
-            time.sleep(2)
+            time.sleep(10)
             t0 = time.perf_counter()
             with LoadProbe() as probe:
                 rec, err = run_job(c, outdir, timeout, f"{ident}-pass{k + 1}")
