@@ -10,29 +10,29 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 
+/* Only whole 64-byte lines are streamed: the partial lines at both ends of a row take ordinary
+ * stores (a partially written line would make a streaming store slow: measured 3x). */
 static inline void stream_row_f64(double *dst, const double *src, ptrdiff_t n) {
     ptrdiff_t c = 0;
-    if (((uintptr_t)dst & 15) && n > 0) { dst[0] = src[0]; c = 1; }
+    while (c < n && ((uintptr_t)(dst + c) & 63)) { dst[c] = src[c]; c++; }
     for (; c + 8 <= n; c += 8) {
         _mm_stream_pd(dst + c, _mm_loadu_pd(src + c));
         _mm_stream_pd(dst + c + 2, _mm_loadu_pd(src + c + 2));
         _mm_stream_pd(dst + c + 4, _mm_loadu_pd(src + c + 4));
         _mm_stream_pd(dst + c + 6, _mm_loadu_pd(src + c + 6));
     }
-    for (; c + 2 <= n; c += 2) _mm_stream_pd(dst + c, _mm_loadu_pd(src + c));
     for (; c < n; c++) dst[c] = src[c];
 }
 
 static inline void stream_row_f32(float *dst, const float *src, ptrdiff_t n) {
     ptrdiff_t c = 0;
-    while (((uintptr_t)(dst + c) & 15) && c < n) { dst[c] = src[c]; c++; }
+    while (c < n && ((uintptr_t)(dst + c) & 63)) { dst[c] = src[c]; c++; }
     for (; c + 16 <= n; c += 16) {
         _mm_stream_ps(dst + c, _mm_loadu_ps(src + c));
         _mm_stream_ps(dst + c + 4, _mm_loadu_ps(src + c + 4));
         _mm_stream_ps(dst + c + 8, _mm_loadu_ps(src + c + 8));
         _mm_stream_ps(dst + c + 12, _mm_loadu_ps(src + c + 12));
     }
-    for (; c + 4 <= n; c += 4) _mm_stream_ps(dst + c, _mm_loadu_ps(src + c));
     for (; c < n; c++) dst[c] = src[c];
 }
 
