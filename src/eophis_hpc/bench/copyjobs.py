@@ -51,16 +51,12 @@ class CopyJob:
                 flat[index] = wire
             return scatter
         kern = kernels.get(method)
+        # as the runtime does (transport.mpi._copy_plan): the messages lie back to back in one
+        # buffer for one array, so their runs go to the kernel in a single call
+        runs = np.ascontiguousarray(np.concatenate([r for r, _ in self.messages]))
         if self.direction == "pack":
-            def pack_all():
-                for runs, buf in self.messages:
-                    kern.pack(self.array, runs, buf)
-            return pack_all
-
-        def unpack_all():
-            for runs, buf in self.messages:
-                kern.unpack(buf, self.array, runs, 1.0)
-        return unpack_all
+            return lambda: kern.pack(self.array, runs, wire)
+        return lambda: kern.unpack(wire, self.array, runs, 1.0)
 
     def output(self) -> np.ndarray:
         """The array the pack or unpack writes."""

@@ -223,17 +223,24 @@ def _route_buffers(routes: list, nz: int, dtype, alloc=None):
 
 def _copy_plan(side, offset: tuple[int, int]) -> list:
     """``[(index, runs, buffer part)]`` of a packed Sender/Receiver for runs shifted by
-    ``offset``: built once per offset, so a step allocates nothing."""
+    ``offset``: built once per offset, so a step allocates nothing. Consecutive parts of the
+    buffer for the same target index are merged into one kernel call (with one tile per worker,
+    a whole receive is one call: the per-call overhead was a fifth of a 1 MB unpack)."""
     cache = side.copy_plans
     plan = cache.get(offset)
     if plan is None:
-        plan = []
-        for r, sl in zip(side.routes, side.slices):
-            pos = 0
+        spans, pos = [], 0  # [index, [runs...], lo, hi] over the one route buffer
+        for r in side.routes:
             for k, runs in r.shifted(*offset).parts:
                 n = int(np.sum(runs[:, 2] * runs[:, 3])) * side.nz
-                plan.append((k, runs, sl[pos:pos + n]))
+                if spans and spans[-1][0] == k and spans[-1][3] == pos:
+                    spans[-1][1].append(runs)
+                    spans[-1][3] = pos + n
+                else:
+                    spans.append([k, [runs], pos, pos + n])
                 pos += n
+        plan = [(k, np.ascontiguousarray(np.concatenate(runs)), side.buf[lo:hi])
+                for k, runs, lo, hi in spans]
         cache[offset] = plan
     return plan
 
