@@ -14,6 +14,8 @@ import numpy as np
 import eophis_hpc as eh
 from eophis_hpc.reference import reference_tile
 
+from coupled_check import stencil  # the same halo-reading stencil as the MPI test app
+
 
 def field(cfg: dict, name: str, date: int, levels: int) -> np.ndarray:
     seed = cfg["seed"] + 1000 * date + sum(map(ord, name))
@@ -25,14 +27,6 @@ def output_name(name: str) -> str:
     return "f" + name
 
 
-def stencil(x: np.ndarray, h: int) -> np.ndarray:
-    """Centred differences reading one halo cell on every side (h >= 1)."""
-    core = x[..., h:x.shape[-2] - h, h:x.shape[-1] - h]
-    north = x[..., h + 1:x.shape[-2] - h + 1, h:x.shape[-1] - h]
-    south = x[..., h - 1:x.shape[-2] - h - 1, h:x.shape[-1] - h]
-    east = x[..., h:x.shape[-2] - h, h + 1:x.shape[-1] - h + 1]
-    west = x[..., h:x.shape[-2] - h, h - 1:x.shape[-1] - h - 1]
-    return (north - south) + 2 * (east - west) + core
 
 
 def main(cfg: dict) -> None:

@@ -36,20 +36,27 @@ def _find_run(starts, p):
     return lo
 
 
+@cuda.jit(device=True)
+def _cell(runs, starts, p):
+    """Run ``r`` holding wire position ``p`` and the cell's (level, row, column) inside it."""
+    r = _find_run(starts, p)
+    nj, ni = runs[r, 2], runs[r, 3]
+    q = p - starts[r]
+    per = nj * ni
+    k = q // per
+    rem = q - k * per
+    j = rem // ni
+    return r, k, j, rem - j * ni
+
+
 @cuda.jit
 def _unpack_kernel(buf, dst, runs, starts, s):
     total = starts[starts.shape[0] - 1]
     p = cuda.grid(1)
     stride = cuda.gridsize(1)
     while p < total:
-        r = _find_run(starts, p)
+        r, k, j, c = _cell(runs, starts, p)
         dj, di, nj, ni, fold = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3], runs[r, 4]
-        q = p - starts[r]
-        per = nj * ni
-        k = q // per
-        rem = q - k * per
-        j = rem // ni
-        c = rem - j * ni
         if fold:
             dst[k, dj + nj - 1 - j, di + ni - 1 - c] = s * buf[p]
         else:
@@ -63,15 +70,8 @@ def _pack_kernel(src, runs, starts, buf):
     p = cuda.grid(1)
     stride = cuda.gridsize(1)
     while p < total:
-        r = _find_run(starts, p)
-        sj, si, nj, ni = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3]
-        q = p - starts[r]
-        per = nj * ni
-        k = q // per
-        rem = q - k * per
-        j = rem // ni
-        c = rem - j * ni
-        buf[p] = src[k, sj + j, si + c]
+        r, k, j, c = _cell(runs, starts, p)
+        buf[p] = src[k, runs[r, 0] + j, runs[r, 1] + c]
         p += stride
 
 
@@ -81,14 +81,8 @@ def _fill_kernel(dst, rects, starts, value):
     p = cuda.grid(1)
     stride = cuda.gridsize(1)
     while p < total:
-        r = _find_run(starts, p)
-        dj, di, nj, ni = rects[r, 0], rects[r, 1], rects[r, 2], rects[r, 3]
-        q = p - starts[r]
-        per = nj * ni
-        k = q // per
-        rem = q - k * per
-        j = rem // ni
-        dst[k, dj + j, di + rem - j * ni] = value
+        r, k, j, c = _cell(rects, starts, p)
+        dst[k, rects[r, 0] + j, rects[r, 1] + c] = value
         p += stride
 
 
