@@ -1,18 +1,55 @@
 """The handshake of a coupled run: model ranks send their boxes, the workers check them against
 their tunnel and answer with the exchanges and the layout. Any mismatch reaches every rank of
-both sides as the same :class:`CouplingError`, so nothing hangs."""
+both sides as the same :class:`CouplingError`, so nothing hangs.
+
+On the wire the request and the Python client's reply are UTF-8 JSON (never pickles), so a
+Fortran or C client can write the request; such a client (``"client"`` other than ``python``)
+gets, instead of the reply, one int64 table per model rank (:mod:`.client_table`).
+"""
 from __future__ import annotations
 
+import json
 import traceback
+
+import numpy as np
 
 from .. import __version__
 from ..grid import Grid
-from ..transport.mpi import TAG_HANDSHAKE, CouplingError, Link
+from ..transport.mpi import TAG_HANDSHAKE, CouplingError, Link, mpi
+from . import client_table
 from .layout import Layout
 from .schedule import Schedule
 
 PROTOCOL = 1
 _GRID_KEYS = ("nx", "ny", "east_west", "south", "north", "pivot")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return str(obj)
+
+
+def send_json(comm, obj, dest: int, tag: int = TAG_HANDSHAKE) -> None:
+    """Send ``obj`` as UTF-8 JSON bytes (a message any language can write or read)."""
+    data = json.dumps(obj, default=_json_default).encode()
+    comm.Send([np.frombuffer(data, dtype=np.uint8), len(data), mpi().BYTE], dest=dest, tag=tag)
+
+
+def recv_json(comm, source: int, tag: int = TAG_HANDSHAKE, what: str = "handshake"):
+    """Receive a JSON message of any length; a message that is not JSON is a CouplingError."""
+    MPI = mpi()
+    status = MPI.Status()
+    comm.Probe(source=source, tag=tag, status=status)
+    buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+    comm.Recv([buf, MPI.BYTE], source=source, tag=tag)
+    try:
+        return json.loads(buf.tobytes().decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CouplingError(f"{what}: the other side sent a message that is not eophis_hpc's "
+                            f"JSON ({exc}); are both sides the same eophis_hpc version?") from None
 
 
 def _first_error(errors) -> str | None:
@@ -36,10 +73,10 @@ def model_side(link: Link, grid: Grid, box, holes: bool, fields: dict | None):
     if link.is_root:
         boxes = [b for b, _ in gathered]
         error = _first_error([e for _, e in gathered])
-        link.inter.send({"protocol": PROTOCOL, "version": __version__, "grid": grid.to_dict(),
-                         "boxes": boxes, "holes": holes, "fields": fields, "error": error},
-                        dest=0, tag=TAG_HANDSHAKE)
-        reply = link.inter.recv(source=0, tag=TAG_HANDSHAKE)
+        send_json(link.inter, {"protocol": PROTOCOL, "version": __version__, "client": "python",
+                               "grid": grid.to_dict(), "boxes": boxes, "holes": holes,
+                               "fields": fields, "error": error}, dest=0)
+        reply = recv_json(link.inter, source=0)
     reply = link.comm.bcast(reply, root=0)
     if reply["error"]:
         raise CouplingError(reply["error"], collective=True)
@@ -51,9 +88,9 @@ def model_side(link: Link, grid: Grid, box, holes: bool, fields: dict | None):
 
 def worker_side(link: Link, grid: Grid, halo: int, schedule: Schedule, n_tiles, options: dict):
     """Workers: receive the model's declaration, check it, answer; returns ``(layout, request)``."""
-    reply = None
+    reply = request = None
     if link.is_root:
-        request = link.inter.recv(source=0, tag=TAG_HANDSHAKE)
+        request = recv_json(link.inter, source=0)
         try:
             error = request["error"] or _check(request, grid, schedule, link.remote_size)
             layout = None
@@ -67,9 +104,12 @@ def worker_side(link: Link, grid: Grid, halo: int, schedule: Schedule, n_tiles, 
         except Exception:  # an unexpected bug must still reach every rank, not hang them
             error = "internal error while building the layout:\n" + traceback.format_exc()
         reply = {"error": error, "schedule": schedule.to_dict(), "options": options,
-                 "boxes": request["boxes"], "n_workers": link.size, "halo": halo,
+                 "boxes": request.get("boxes"), "n_workers": link.size, "halo": halo,
                  "tiles": None if error else [list(b) for b in layout.dst.boxes]}
-        link.inter.send(reply, dest=0, tag=TAG_HANDSHAKE)
+        if request.get("client", "python") == "python":
+            send_json(link.inter, reply, dest=0)
+        else:
+            reply["error"] = _send_tables(link, request, layout, schedule, error)
     reply = link.comm.bcast(reply, root=0)
     if reply["error"]:
         raise CouplingError(reply["error"], collective=True)
@@ -79,9 +119,29 @@ def worker_side(link: Link, grid: Grid, halo: int, schedule: Schedule, n_tiles, 
     return layout
 
 
+def _send_tables(link: Link, request: dict, layout, schedule: Schedule, error) -> str | None:
+    """A foreign client: each model rank gets its own table (or the error) straight from the
+    worker root, so the client has nothing to compute. Returns the error, if any."""
+    tables = None
+    if not error and not request.get("fields"):
+        error = (f"the {request.get('client')} client declared no fields; declare every field of "
+                 f"the tunnel ({', '.join(schedule.fields)})")
+    if not error:
+        try:
+            order = list(request["fields"])  # the client's declaration order
+            tables = [client_table.build(layout, schedule, r, order)
+                      for r in range(link.remote_size)]
+        except Exception:  # a bug here must still reach every rank, not hang them
+            error = "internal error while building the client tables:\n" + traceback.format_exc()
+    for r in range(link.remote_size):
+        table = client_table.error_table(error) if error else tables[r]
+        link.inter.Send([table, mpi().INT64_T], dest=r, tag=TAG_HANDSHAKE)
+    return error
+
+
 def _check(request: dict, grid: Grid, schedule: Schedule, n_model: int) -> str | None:
     """The first mismatch between the model's declaration and the tunnel, or None."""
-    if request["protocol"] != PROTOCOL:
+    if request.get("protocol") != PROTOCOL:
         return (f"protocol mismatch: model side speaks {request['protocol']} (eophis_hpc "
                 f"{request['version']}), workers speak {PROTOCOL} ({__version__})")
     theirs = request["grid"]

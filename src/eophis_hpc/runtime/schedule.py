@@ -141,12 +141,20 @@ class Schedule:
 
     def due(self, e_idx: int, step: int) -> bool:
         """Whether exchange ``e_idx`` runs at ``step`` (static exchanges: always, once)."""
+        if self.exchanges[e_idx].static:
+            return True
+        return step % self.every_steps(e_idx) == 0
+
+    def every_steps(self, e_idx: int) -> int:
+        """Steps between occurrences of a timed exchange. ``freq`` seconds with time step ``dt``:
+        ``step * dt`` is a multiple of ``freq`` exactly when ``step`` is a multiple of ``q``,
+        where ``dt / freq = p / q`` in lowest terms (so clients need only an integer)."""
         ex = self.exchanges[e_idx]
         if ex.static:
-            return True
+            raise ValueError(f"Exchange{ex.inputs}: a static exchange has no period")
         if ex.every is not None:
-            return step % ex.every == 0
-        return (step * self.dt) % Fraction(str(ex.freq)) == 0
+            return ex.every
+        return (self.dt / Fraction(str(ex.freq))).denominator
 
     def field(self, name: str, where: str) -> FieldSpec:
         spec = self.fields.get(name)

@@ -116,7 +116,11 @@ class Link:
         self.role = role
         self.world = MPI.COMM_WORLD if world is None else world
         install_abort_hook()
-        roles = self.world.allgather(role)
+        # role codes as plain integers (not pickled objects), so a Fortran or C client, which
+        # makes the same calls, can take part in the split
+        codes = np.empty(self.world.size, dtype=np.int32)
+        self.world.Allgather(np.array([ROLES.index(role)], dtype=np.int32), codes)
+        roles = [ROLES[c] if 0 <= c < len(ROLES) else "?" for c in codes.tolist()]
         other = ROLES[1 - ROLES.index(role)]
         if other not in roles:
             # every rank sees the same list, so every rank raises: no hang
