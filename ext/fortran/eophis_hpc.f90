@@ -1,0 +1,1477 @@
+!> eophis_hpc Fortran/C client: couples a Fortran (or C, C++) model to eophis_hpc's Python
+!> inference workers over MPI, speaking the same protocol as the Python client
+!> (``eophis_hpc.connect``/``put``/``get``/``close``).
+!>
+!> A model calls, once: eh_init (splits MPI_COMM_WORLD with the workers and returns the model's
+!> own communicator), eh_grid, eh_box, eh_field (per field), eh_enddef (the handshake: the
+!> workers answer with this rank's part of the plan, from which MPI derived datatypes over the
+!> model's own arrays are built). Then every step eh_put / eh_get by field name or id, and
+!> eh_finalize at the end. Nothing is packed in Fortran and no temporary array is made: MPI reads
+!> and writes the model's arrays, halos included, through subarray datatypes.
+!>
+!> Errors: every routine takes an optional ``ierr``. When it is present it receives a status
+!> (EH_OK = 0 or an EH_ERR_* code) and eh_error_message gives the message; when it is absent
+!> the message is printed and the job is aborted (MPI_Abort), so a forgotten check never lets a
+!> run go on with wrong data. The bind(C) entry points (see eophis_hpc.h) return the status.
+module eophis_hpc
+   use, intrinsic :: iso_c_binding
+   use, intrinsic :: iso_fortran_env, only: int32, int64, real32, real64, error_unit
+   use mpi_f08
+   implicit none
+   private
+
+   public :: eh_init, eh_grid, eh_box, eh_field, eh_enddef, eh_put, eh_get, eh_wait, &
+             eh_finalize, eh_field_id, eh_error_message, eh_set_timeout
+
+   integer, parameter, public :: EH_OK = 0            !< success
+   integer, parameter, public :: EH_ERR_ARG = 1       !< a bad argument (shape, name, kind, ...)
+   integer, parameter, public :: EH_ERR_STATE = 2     !< a call out of order (put before enddef)
+   integer, parameter, public :: EH_ERR_HANDSHAKE = 3 !< the workers refused the declaration
+   integer, parameter, public :: EH_ERR_TIMEOUT = 4   !< a peer did not answer in time
+   integer, parameter, public :: EH_ERR_MPI = 5       !< an MPI call failed
+
+   character(len=*), parameter, public :: EH_VERSION = "1"
+
+   ! the protocol of eophis_hpc.transport.mpi / runtime.handshake / runtime.client_table
+   integer, parameter :: TAG_HANDSHAKE = 7001, TAG_CONTROL = 7002
+   integer(int32), parameter :: ROLE_MODEL = 0, ROLE_WORKER = 1
+   integer, parameter :: PROTOCOL = 1, TABLE_VERSION = 1
+   integer(int64), parameter :: STEP_STATIC = -2_int64, NOTE_STOP = -1_int64
+   integer(int64), parameter :: NO_STEP = -huge(1_int64)
+   integer, parameter :: DIR_IN = 0, DIR_OUT = 1
+   integer, parameter :: MSG_LEN = 2048
+
+   type :: route_t
+      integer :: peer = -1
+      integer, allocatable :: runs(:, :)        !< (4, n): j, i, nj, ni from the box origin
+   end type route_t
+
+   type :: route_set_t
+      type(route_t), allocatable :: routes(:)
+      integer, allocatable :: fills(:, :)       !< (4, n): rects set to 0 before a receive
+   end type route_set_t
+
+   type :: field_t
+      character(len=:), allocatable :: name
+      integer :: levels = 1, itemsize = 8, direction = DIR_IN
+      integer :: tag = -1, exchange = -1, route_set = -1
+      integer :: types_nk = -1                  !< array depth the datatypes were built for
+      type(MPI_Datatype), allocatable :: types(:)
+      type(MPI_Request), allocatable :: requests(:)
+      integer(c_intptr_t) :: bound_addr = 0     !< array the persistent requests point at
+      logical :: in_flight = .false., static_sent = .false., pending = .false.
+   end type field_t
+
+   ! one coupler per process (a model rank couples once)
+   logical, save :: st_init = .false., st_grid = .false., st_box = .false., st_defined = .false.
+   logical, save :: st_closed = .false., st_we_started_mpi = .false., st_holes = .false.
+   type(MPI_Comm), save :: st_comm, st_inter
+   integer, save :: st_rank = 0, st_size = 1, st_workers = 0
+   integer, save :: st_nx = 0, st_ny = 0
+   character(len=8), save :: st_ew = "", st_south = "", st_north = "", st_pivot = ""
+   integer, save :: st_j0 = 0, st_j1 = 0, st_i0 = 0, st_i1 = 0
+   integer, save :: st_halo(4) = 0             !< west, east, south, north
+   type(field_t), allocatable, save :: st_fields(:)
+   integer, save :: st_nfields = 0
+   integer, allocatable, save :: st_every(:)   !< per exchange, 0 = static
+   integer(int64), allocatable, save :: st_current(:)
+   type(route_set_t), allocatable, save :: st_sets(:)
+   character(len=MSG_LEN), save :: st_msg = ""
+   real(real64), save :: st_timeout = -1.0_real64
+   logical, save :: st_abort_c = .false.
+
+   interface eh_put
+      module procedure put_name_r8_3d, put_name_r8_2d, put_name_r4_3d, put_name_r4_2d
+      module procedure put_id_r8_3d, put_id_r8_2d, put_id_r4_3d, put_id_r4_2d
+   end interface eh_put
+
+   interface eh_get
+      module procedure get_name_r8_3d, get_name_r8_2d, get_name_r4_3d, get_name_r4_2d
+      module procedure get_id_r8_3d, get_id_r8_2d, get_id_r4_3d, get_id_r4_2d
+   end interface eh_get
+
+   interface
+      function c_sched_yield() bind(C, name="sched_yield") result(r)
+         import :: c_int
+         integer(c_int) :: r
+      end function c_sched_yield
+   end interface
+
+contains
+
+   ! ===================================================================== errors
+   !> Record ``msg`` and return ``code`` (the core routines' way to fail).
+   integer function fail(code, msg) result(status)
+      integer, intent(in) :: code
+      character(len=*), intent(in) :: msg
+      st_msg = msg
+      status = code
+   end function fail
+
+   !> Hand ``status`` to the caller's ``ierr``, or print and abort when there is none.
+   subroutine finish(status, ierr)
+      integer, intent(in) :: status
+      integer, intent(out), optional :: ierr
+      if (present(ierr)) then
+         ierr = status
+      else if (status /= EH_OK) then
+         call die(status)
+      end if
+   end subroutine finish
+
+   subroutine die(status)
+      integer, intent(in) :: status
+      integer :: wrank, ierror
+      logical :: up, down
+      call MPI_Initialized(up, ierror)
+      call MPI_Finalized(down, ierror)
+      wrank = 0
+      if (up .and. .not. down) call MPI_Comm_rank(MPI_COMM_WORLD, wrank, ierror)
+      if (status == EH_ERR_HANDSHAKE .and. st_rank /= 0) then
+         call sleep_s(2.0_real64)  ! the same message on every rank: model rank 0 prints it
+      else
+         write (error_unit, '(a,i0,a,a)') "eophis_hpc: error on world rank ", wrank, ": ", &
+            trim(st_msg)
+         flush (error_unit)
+         call sleep_s(0.5_real64)
+      end if
+      if (up .and. .not. down) call MPI_Abort(MPI_COMM_WORLD, max(status, 1), ierror)
+      error stop 1
+   end subroutine die
+
+   subroutine sleep_s(seconds)
+      real(real64), intent(in) :: seconds
+      real(real64) :: t_end
+      t_end = MPI_Wtime() + seconds
+      do while (MPI_Wtime() < t_end)
+         if (c_sched_yield() /= 0) exit
+      end do
+   end subroutine sleep_s
+
+   !> The message of the last error (blank when there was none).
+   subroutine eh_error_message(msg)
+      character(len=*), intent(out) :: msg
+      msg = st_msg
+   end subroutine eh_error_message
+
+   !> Seconds to wait for the workers before giving up with EH_ERR_TIMEOUT (0: forever).
+   !> The default is EOPHIS_HPC_TIMEOUT, else 600, as on the Python side.
+   subroutine eh_set_timeout(seconds)
+      real(real64), intent(in) :: seconds
+      st_timeout = max(seconds, 0.0_real64)
+   end subroutine eh_set_timeout
+
+   real(real64) function timeout_s()
+      character(len=64) :: text
+      integer :: n, stat, ios
+      if (st_timeout < 0.0_real64) then
+         st_timeout = 600.0_real64
+         call get_environment_variable("EOPHIS_HPC_TIMEOUT", text, n, stat)
+         if (stat == 0 .and. n > 0) then
+            if (text == "none" .or. text == "inf") then
+               st_timeout = 0.0_real64
+            else
+               read (text, *, iostat=ios) st_timeout
+               if (ios /= 0) st_timeout = 600.0_real64
+               st_timeout = max(st_timeout, 0.0_real64)
+            end if
+         end if
+      end if
+      timeout_s = st_timeout
+   end function timeout_s
+
+   character(len=24) function itoa(i)
+      integer(int64), intent(in) :: i
+      write (itoa, '(i0)') i
+   end function itoa
+
+   character(len=24) function str(i)
+      integer, intent(in) :: i
+      write (str, '(i0)') i
+   end function str
+
+   ! ===================================================================== waits
+   !> Complete ``reqs`` like MPI_Waitall, but give up after the timeout naming the workers
+   !> that did not answer (never hang on a dead peer).
+   integer function wait_all(reqs, peers, what) result(status)
+      type(MPI_Request), intent(inout) :: reqs(:)
+      integer, intent(in) :: peers(:)
+      character(len=*), intent(in) :: what
+      logical :: done, one
+      real(real64) :: t_end, limit
+      integer :: k, polls, ierror
+      character(len=512) :: late
+      status = EH_OK
+      if (size(reqs) == 0) return
+      limit = timeout_s()
+      t_end = MPI_Wtime() + limit
+      polls = 0
+      do
+         call MPI_Testall(size(reqs), reqs, done, MPI_STATUSES_IGNORE, ierror)
+         if (ierror /= MPI_SUCCESS) then
+            status = fail(EH_ERR_MPI, what//": MPI_Testall failed")
+            return
+         end if
+         if (done) return
+         polls = polls + 1
+         if (mod(polls, 512) == 0) then
+            if (limit > 0.0_real64 .and. MPI_Wtime() > t_end) exit
+            if (c_sched_yield() /= 0) continue
+         end if
+      end do
+      late = ""
+      do k = 1, size(reqs)
+         call MPI_Test(reqs(k), one, MPI_STATUS_IGNORE, ierror)
+         if (.not. one) late = trim(late)//" "//trim(str(peers(k)))
+      end do
+      write (st_msg, '(a,a,a,a,f0.1,a)') what, ": no answer from worker(s)", trim(late), &
+         " after ", limit, " s (a rank stopped or died?); set EOPHIS_HPC_TIMEOUT or " // &
+         "eh_set_timeout to wait longer"
+      status = EH_ERR_TIMEOUT
+   end function wait_all
+
+   ! ===================================================================== definition phase
+   integer function core_init(comm) result(status)
+      type(MPI_Comm), intent(out) :: comm
+      logical :: up
+      integer :: wrank, wsize, ierror, r, leader
+      integer(int32), allocatable :: codes(:)
+      integer(int32) :: mine(1)
+      status = EH_OK
+      if (st_init) then
+         status = fail(EH_ERR_STATE, "eh_init: called twice")
+         return
+      end if
+      call MPI_Initialized(up, ierror)
+      if (.not. up) then
+         call MPI_Init(ierror)
+         st_we_started_mpi = .true.
+      end if
+      call MPI_Comm_rank(MPI_COMM_WORLD, wrank, ierror)
+      call MPI_Comm_size(MPI_COMM_WORLD, wsize, ierror)
+      allocate (codes(wsize))
+      mine(1) = ROLE_MODEL
+      call MPI_Allgather(mine, 1, MPI_INT32_T, codes, 1, MPI_INT32_T, MPI_COMM_WORLD, ierror)
+      leader = -1
+      do r = 1, wsize
+         if (codes(r) == ROLE_WORKER) then
+            leader = r - 1
+            exit
+         end if
+      end do
+      if (leader < 0) then  ! every model rank sees the same list: every one fails, no hang
+         status = fail(EH_ERR_STATE, "eh_init: no worker rank in this MPI job ("// &
+            trim(str(wsize))//" ranks, all model): launch both sides in one job, e.g. "// &
+            "mpiexec -n P ./model : -n Q python closure.py")
+         return
+      end if
+      call MPI_Comm_split(MPI_COMM_WORLD, int(ROLE_MODEL), wrank, st_comm, ierror)
+      call MPI_Intercomm_create(st_comm, 0, MPI_COMM_WORLD, leader, TAG_HANDSHAKE, st_inter, &
+         ierror)
+      if (ierror /= MPI_SUCCESS) then
+         status = fail(EH_ERR_MPI, "eh_init: MPI_Intercomm_create failed")
+         return
+      end if
+      call MPI_Comm_rank(st_comm, st_rank, ierror)
+      call MPI_Comm_size(st_comm, st_size, ierror)
+      call MPI_Comm_remote_size(st_inter, st_workers, ierror)
+      comm = st_comm
+      st_init = .true.
+      allocate (st_fields(8))
+   end function core_init
+
+   !> Join the coupled job as a model rank: initialises MPI if needed, splits MPI_COMM_WORLD
+   !> with the workers and returns in ``comm`` the communicator the model must use instead of
+   !> MPI_COMM_WORLD. Collective over every rank of the job (the workers' tunnel does the same).
+   subroutine eh_init(comm, ierr)
+      type(MPI_Comm), intent(out) :: comm
+      integer, intent(out), optional :: ierr
+      call finish(core_init(comm), ierr)
+   end subroutine eh_init
+
+   logical function one_of(value, choices)
+      character(len=*), intent(in) :: value, choices(:)
+      integer :: k
+      one_of = .false.
+      do k = 1, size(choices)
+         if (value == choices(k)) one_of = .true.
+      end do
+   end function one_of
+
+   integer function core_grid(nx, ny, east_west, south, north, pivot) result(status)
+      integer, intent(in) :: nx, ny
+      character(len=*), intent(in) :: east_west, south, north, pivot
+      character(len=6), parameter :: ew_ok(2) = [character(len=6) :: "closed", "cyclic"]
+      character(len=6), parameter :: north_ok(3) = [character(len=6) :: "closed", "cyclic", "fold"]
+      character(len=1), parameter :: pivot_ok(2) = ["T", "F"]
+      status = EH_OK
+      if (st_defined) then
+         status = fail(EH_ERR_STATE, "eh_grid: the definition phase is over (eh_enddef)")
+      else if (nx < 1 .or. ny < 1) then
+         status = fail(EH_ERR_ARG, "eh_grid: nx and ny must be positive, got nx="// &
+            trim(str(nx))//", ny="//trim(str(ny)))
+      else if (.not. one_of(east_west, ew_ok)) then
+         status = fail(EH_ERR_ARG, "eh_grid: east_west='"//east_west// &
+            "' is not one of 'closed', 'cyclic'")
+      else if (.not. one_of(south, ew_ok)) then
+         status = fail(EH_ERR_ARG, "eh_grid: south='"//south// &
+            "' is not one of 'closed', 'cyclic' (NEMO's fold is at the north)")
+      else if (.not. one_of(north, north_ok)) then
+         status = fail(EH_ERR_ARG, "eh_grid: north='"//north// &
+            "' is not one of 'closed', 'cyclic', 'fold'")
+      else if (.not. one_of(pivot, pivot_ok)) then
+         status = fail(EH_ERR_ARG, "eh_grid: pivot='"//pivot//"' is not one of 'T', 'F'")
+      else
+         st_nx = nx
+         st_ny = ny
+         st_ew = east_west
+         st_south = south
+         st_north = north
+         st_pivot = pivot
+         st_grid = .true.
+      end if
+   end function core_grid
+
+   !> Declare the global grid: ``nx`` x ``ny`` inner points; east_west and south are 'closed'
+   !> or 'cyclic', north 'closed', 'cyclic' or 'fold'; ``pivot`` ('T' default, or 'F') is
+   !> the north fold's pivot point.
+   subroutine eh_grid(nx, ny, east_west, south, north, pivot, ierr)
+      integer, intent(in) :: nx, ny
+      character(len=*), intent(in) :: east_west, south, north
+      character(len=*), intent(in), optional :: pivot
+      integer, intent(out), optional :: ierr
+      if (present(pivot)) then
+         call finish(core_grid(nx, ny, east_west, south, north, pivot), ierr)
+      else
+         call finish(core_grid(nx, ny, east_west, south, north, "T"), ierr)
+      end if
+   end subroutine eh_grid
+
+   integer function core_box(i0, j0, ni, nj, halo, holes) result(status)
+      integer, intent(in) :: i0, j0, ni, nj, halo(4)
+      logical, intent(in) :: holes
+      status = EH_OK
+      if (st_defined) then
+         status = fail(EH_ERR_STATE, "eh_box: the definition phase is over (eh_enddef)")
+      else if (ni < 1 .or. nj < 1) then
+         status = fail(EH_ERR_ARG, "eh_box: ni and nj must be positive, got ni="// &
+            trim(str(ni))//", nj="//trim(str(nj)))
+      else if (i0 < 1 .or. j0 < 1) then
+         status = fail(EH_ERR_ARG, "eh_box: i0 and j0 are 1-based global indices, got i0="// &
+            trim(str(i0))//", j0="//trim(str(j0)))
+      else if (any(halo < 0)) then
+         status = fail(EH_ERR_ARG, "eh_box: halo widths must be >= 0")
+      else
+         st_i0 = i0 - 1
+         st_j0 = j0 - 1
+         st_i1 = st_i0 + ni
+         st_j1 = st_j0 + nj
+         st_halo = halo
+         st_holes = holes
+         st_box = .true.
+      end if
+   end function core_box
+
+   !> Declare this rank's box: its first inner point is global (i0, j0) (1-based), it has
+   !> ni x nj inner points, and the model's arrays carry ``halo`` = (west, east, south, north)
+   !> extra points around it (NEMO: nn_hls on every side), so an array of
+   !> (ni + west + east, nj + south + north, levels) is passed as it is. ``holes``: the
+   !> model's boxes leave out land-only areas (their points read as 0 on the workers).
+   subroutine eh_box(i0, j0, ni, nj, halo, holes, ierr)
+      integer, intent(in) :: i0, j0, ni, nj
+      integer, intent(in), optional :: halo(:)
+      logical, intent(in), optional :: holes
+      integer, intent(out), optional :: ierr
+      integer :: h(4)
+      logical :: lh
+      h = 0
+      lh = .false.
+      if (present(holes)) lh = holes
+      if (present(halo)) then
+         if (size(halo) == 1) then
+            h = halo(1)
+         else if (size(halo) == 4) then
+            h = halo
+         else
+            call finish(fail(EH_ERR_ARG, "eh_box: halo must have 1 value (every side) or 4 "// &
+               "(west, east, south, north)"), ierr)
+            return
+         end if
+      end if
+      call finish(core_box(i0, j0, ni, nj, h, lh), ierr)
+   end subroutine eh_box
+
+   logical function valid_name(name)
+      character(len=*), intent(in) :: name
+      integer :: k
+      character :: c
+      valid_name = len(name) > 0 .and. len(name) <= 64
+      if (.not. valid_name) return
+      do k = 1, len(name)
+         c = name(k:k)
+         if (.not. ((c >= "a" .and. c <= "z") .or. (c >= "A" .and. c <= "Z") .or. c == "_" &
+                    .or. (k > 1 .and. c >= "0" .and. c <= "9"))) valid_name = .false.
+      end do
+   end function valid_name
+
+   integer function find_field(name) result(id)
+      character(len=*), intent(in) :: name
+      integer :: k
+      id = 0
+      do k = 1, st_nfields
+         if (st_fields(k)%name == name) then
+            id = k
+            return
+         end if
+      end do
+   end function find_field
+
+   integer function core_field(name, levels, direction, dtype, id) result(status)
+      character(len=*), intent(in) :: name, direction, dtype
+      integer, intent(in) :: levels
+      integer, intent(out) :: id
+      type(field_t), allocatable :: grown(:)
+      integer :: dir, itemsize
+      id = 0
+      status = EH_OK
+      select case (direction)
+      case ("in", "put")
+         dir = DIR_IN
+      case ("out", "get")
+         dir = DIR_OUT
+      case default
+         status = fail(EH_ERR_ARG, "eh_field('"//name//"'): direction='"//direction// &
+            "' is not 'in' (model -> workers, put) or 'out' (workers -> model, get)")
+         return
+      end select
+      select case (dtype)
+      case ("float64", "real64", "double")
+         itemsize = 8
+      case ("float32", "real32", "float")
+         itemsize = 4
+      case default
+         status = fail(EH_ERR_ARG, "eh_field('"//name//"'): dtype='"//dtype// &
+            "' is not 'float64' or 'float32'")
+         return
+      end select
+      if (.not. st_init) then
+         status = fail(EH_ERR_STATE, "eh_field('"//name//"'): call eh_init first")
+      else if (st_defined) then
+         status = fail(EH_ERR_STATE, "eh_field('"//name//"'): the definition phase is over")
+      else if (.not. valid_name(name)) then
+         status = fail(EH_ERR_ARG, "eh_field: '"//name//"' is not a field name (letters, "// &
+            "digits and _, not starting with a digit, at most 64 characters)")
+      else if (find_field(name) /= 0) then
+         status = fail(EH_ERR_ARG, "eh_field('"//name//"'): declared twice")
+      else if (levels < 1) then
+         status = fail(EH_ERR_ARG, "eh_field('"//name//"'): levels must be positive, got "// &
+            trim(str(levels)))
+      end if
+      if (status /= EH_OK) return
+      if (st_nfields == size(st_fields)) then
+         allocate (grown(2*st_nfields))
+         grown(1:st_nfields) = st_fields
+         call move_alloc(grown, st_fields)
+      end if
+      st_nfields = st_nfields + 1
+      id = st_nfields
+      st_fields(id)%name = name
+      st_fields(id)%levels = levels
+      st_fields(id)%direction = dir
+      st_fields(id)%itemsize = itemsize
+   end function core_field
+
+   !> Declare a field of the workers' tunnel by name: ``levels`` vertical levels, ``direction``
+   !> 'in' (model -> workers, eh_put) or 'out' (workers -> model, eh_get), ``dtype``
+   !> 'float64' (default) or 'float32'. ``id`` can be used instead of the name afterwards.
+   !> Every field of the tunnel must be declared, with the tunnel's levels, dtype, direction.
+   subroutine eh_field(name, levels, direction, dtype, id, ierr)
+      character(len=*), intent(in) :: name, direction
+      integer, intent(in) :: levels
+      character(len=*), intent(in), optional :: dtype
+      integer, intent(out), optional :: id
+      integer, intent(out), optional :: ierr
+      integer :: k, status
+      if (present(dtype)) then
+         status = core_field(name, levels, direction, dtype, k)
+      else
+         status = core_field(name, levels, direction, "float64", k)
+      end if
+      if (present(id)) id = k
+      call finish(status, ierr)
+   end subroutine eh_field
+
+   !> The id of a declared field (0 and an error when there is none).
+   subroutine eh_field_id(name, id, ierr)
+      character(len=*), intent(in) :: name
+      integer, intent(out) :: id
+      integer, intent(out), optional :: ierr
+      id = find_field(name)
+      if (id == 0) then
+         call finish(fail(EH_ERR_ARG, "eh_field_id: no field '"//name//"' was declared"), ierr)
+      else
+         call finish(EH_OK, ierr)
+      end if
+   end subroutine eh_field_id
+
+   ! ----------------------------------------------------------------- the handshake
+   function json_str(text) result(out)
+      character(len=*), intent(in) :: text
+      character(len=:), allocatable :: out
+      integer :: k
+      out = '"'
+      do k = 1, len(text)
+         select case (text(k:k))
+         case ('"', '\')
+            out = out//'\'//text(k:k)
+         case (achar(0):achar(31))
+            out = out//' '
+         case default
+            out = out//text(k:k)
+         end select
+      end do
+      out = out//'"'
+   end function json_str
+
+   !> The declaration every rank must share (compared with model rank 0's).
+   function declaration() result(out)
+      character(len=:), allocatable :: out
+      integer :: k
+      out = trim(str(st_nx))//"x"//trim(str(st_ny))//trim(st_ew)//trim(st_south)// &
+         trim(st_north)//trim(st_pivot)
+      do k = 1, st_nfields
+         out = out//";"//st_fields(k)%name//":"//trim(str(st_fields(k)%levels))//":"// &
+            trim(str(st_fields(k)%itemsize))//":"//trim(str(st_fields(k)%direction))
+      end do
+   end function declaration
+
+   function request_json(boxes, error) result(out)
+      integer(int64), intent(in) :: boxes(:, :)
+      character(len=*), intent(in) :: error
+      character(len=:), allocatable :: out
+      integer :: k
+      character(len=8) :: dtype
+      out = '{"protocol": '//trim(str(PROTOCOL))//', "version": "fortran-client '// &
+         EH_VERSION//'", "client": "fortran", "grid": {"nx": '//trim(str(st_nx))// &
+         ', "ny": '//trim(str(st_ny))//', "east_west": '//json_str(trim(st_ew))// &
+         ', "south": '//json_str(trim(st_south))//', "north": '//json_str(trim(st_north))// &
+         ', "pivot": '//json_str(trim(st_pivot))//'}, "boxes": ['
+      do k = 1, size(boxes, 2)
+         if (k > 1) out = out//', '
+         out = out//'['//trim(itoa(boxes(1, k)))//', '//trim(itoa(boxes(2, k)))//', '// &
+            trim(itoa(boxes(3, k)))//', '//trim(itoa(boxes(4, k)))//']'
+      end do
+      out = out//'], "holes": '//merge('true ', 'false', st_holes)
+      out = trim(out)//', "fields": {'
+      do k = 1, st_nfields
+         if (k > 1) out = out//', '
+         dtype = merge("float64", "float32", st_fields(k)%itemsize == 8)
+         out = out//json_str(st_fields(k)%name)//': {"levels": '// &
+            trim(str(st_fields(k)%levels))//', "dtype": "'//trim(dtype)// &
+            '", "direction": "'//trim(merge("in ", "out", st_fields(k)%direction == DIR_IN))//'"}'
+      end do
+      out = out//'}, "error": '
+      if (len_trim(error) > 0) then
+         out = out//json_str(trim(error))//'}'
+      else
+         out = out//'null}'
+      end if
+   end function request_json
+
+   !> A local check of the declaration; blank when it is fine.
+   function local_error() result(msg)
+      character(len=MSG_LEN) :: msg
+      msg = ""
+      if (.not. st_grid) then
+         msg = "eh_enddef: no grid declared (eh_grid)"
+      else if (.not. st_box) then
+         msg = "eh_enddef: no box declared (eh_box)"
+      else if (st_nfields == 0) then
+         msg = "eh_enddef: no field declared (eh_field)"
+      else if (st_i1 > st_nx .or. st_j1 > st_ny) then
+         msg = "eh_box: the box i="//trim(str(st_i0 + 1))//".."//trim(str(st_i1))//", j="// &
+            trim(str(st_j0 + 1))//".."//trim(str(st_j1))//" is outside the "// &
+            trim(str(st_nx))//"x"//trim(str(st_ny))//" grid"
+      end if
+   end function local_error
+
+   integer function core_enddef() result(status)
+      character(len=:), allocatable :: mine, root_decl, json
+      character(len=MSG_LEN) :: err
+      character(len=MSG_LEN), allocatable :: errs(:)
+      integer(int64) :: box(4)
+      integer(int64), allocatable :: boxes(:, :), table(:)
+      integer :: n, ierror, r
+      status = EH_OK
+      if (.not. st_init) then
+         status = fail(EH_ERR_STATE, "eh_enddef: call eh_init first")
+         return
+      else if (st_defined) then
+         status = fail(EH_ERR_STATE, "eh_enddef: called twice")
+         return
+      end if
+      err = local_error()
+      ! every rank must declare what model rank 0 declares
+      mine = declaration()
+      n = len(mine)
+      call MPI_Bcast(n, 1, MPI_INTEGER, 0, st_comm, ierror)
+      allocate (character(len=n) :: root_decl)
+      if (st_rank == 0) root_decl = mine
+      call MPI_Bcast(root_decl, n, MPI_CHARACTER, 0, st_comm, ierror)
+      if (len_trim(err) == 0 .and. root_decl /= mine) then
+         err = "eh_enddef: this rank's grid or fields differ from model rank 0's (" // &
+            mine//" against "//root_decl//")"
+      end if
+      box = [int(st_j0, int64), int(st_j1, int64), int(st_i0, int64), int(st_i1, int64)]
+      allocate (boxes(4, st_size), errs(st_size))
+      call MPI_Gather(box, 4, MPI_INT64_T, boxes, 4, MPI_INT64_T, 0, st_comm, ierror)
+      call MPI_Gather(err, MSG_LEN, MPI_CHARACTER, errs, MSG_LEN, MPI_CHARACTER, 0, st_comm, &
+         ierror)
+      if (st_rank == 0) then
+         err = ""
+         do r = 1, st_size
+            if (len_trim(errs(r)) > 0) then
+               err = "model rank "//trim(str(r - 1))//": "//trim(errs(r))
+               exit
+            end if
+         end do
+         json = request_json(boxes, err)
+         call MPI_Send(json, len(json), MPI_BYTE, 0, TAG_HANDSHAKE, st_inter, ierror)
+      end if
+      ! the workers answer every model rank with its own table (or the error)
+      status = recv_table(table)
+      if (status /= EH_OK) return
+      status = read_table(table)
+      if (status /= EH_OK) return
+      allocate (st_current(0:size(st_every) - 1))
+      st_current = NO_STEP
+      st_defined = .true.
+   end function core_enddef
+
+   integer function recv_table(table) result(status)
+      integer(int64), allocatable, intent(out) :: table(:)
+      type(MPI_Status) :: stat
+      logical :: arrived
+      integer :: n, ierror, polls
+      real(real64) :: t_end, limit
+      status = EH_OK
+      limit = timeout_s()
+      t_end = MPI_Wtime() + limit
+      polls = 0
+      do
+         call MPI_Iprobe(0, TAG_HANDSHAKE, st_inter, arrived, stat, ierror)
+         if (arrived) exit
+         polls = polls + 1
+         if (mod(polls, 512) == 0) then
+            if (limit > 0.0_real64 .and. MPI_Wtime() > t_end) then
+               status = fail(EH_ERR_TIMEOUT, "eh_enddef: the workers did not answer the "// &
+                  "handshake (are they running an eophis_hpc Tunnel in this job?)")
+               return
+            end if
+            if (c_sched_yield() /= 0) continue
+         end if
+      end do
+      call MPI_Get_count(stat, MPI_INT64_T, n, ierror)
+      allocate (table(n))
+      call MPI_Recv(table, n, MPI_INT64_T, 0, TAG_HANDSHAKE, st_inter, MPI_STATUS_IGNORE, ierror)
+   end function recv_table
+
+   integer function read_table(t) result(status)
+      integer(int64), intent(in) :: t(:)
+      integer :: p, k, n_ex, n_fields, n_sets, s, r, n_routes, n_runs, n_fill
+      character(len=MSG_LEN) :: msg
+      status = EH_OK
+      if (size(t) < 2 .or. t(1) /= TABLE_VERSION) then
+         status = fail(EH_ERR_HANDSHAKE, "eh_enddef: the workers sent a table this client "// &
+            "cannot read (different eophis_hpc versions?)")
+         return
+      end if
+      if (t(2) > 0) then
+         msg = ""
+         do k = 1, int(min(t(2), int(MSG_LEN, int64)))
+            msg(k:k) = achar(int(t(2 + k)))
+         end do
+         status = fail(EH_ERR_HANDSHAKE, msg)
+         return
+      end if
+      n_ex = int(t(4))
+      n_fields = int(t(5))
+      if (n_fields /= st_nfields .or. t(6) /= st_j0 .or. t(7) /= st_j1 .or. t(8) /= st_i0 &
+          .or. t(9) /= st_i1) then
+         status = fail(EH_ERR_HANDSHAKE, "eh_enddef: the workers' table does not match this "// &
+            "rank's declaration (internal error)")
+         return
+      end if
+      allocate (st_every(0:n_ex - 1))
+      p = 10
+      st_every = int(t(p:p + n_ex - 1))
+      p = p + n_ex
+      do k = 1, n_fields
+         associate (f => st_fields(k))
+            f%tag = int(t(p))
+            f%exchange = int(t(p + 1))
+            f%route_set = int(t(p + 5)) + 1
+            if (int(t(p + 2)) /= f%direction .or. int(t(p + 3)) /= f%levels .or. &
+                int(t(p + 4)) /= f%itemsize) then
+               status = fail(EH_ERR_HANDSHAKE, "eh_enddef: field '"//f%name// &
+                  "': the workers' table differs from the declaration (internal error)")
+               return
+            end if
+         end associate
+         p = p + 6
+      end do
+      n_sets = int(t(p))
+      p = p + 1
+      allocate (st_sets(n_sets))
+      do s = 1, n_sets
+         n_routes = int(t(p))
+         p = p + 1
+         allocate (st_sets(s)%routes(n_routes))
+         do r = 1, n_routes
+            st_sets(s)%routes(r)%peer = int(t(p))
+            n_runs = int(t(p + 1))
+            p = p + 2
+            st_sets(s)%routes(r)%runs = reshape(int(t(p:p + 4*n_runs - 1)), [4, n_runs])
+            p = p + 4*n_runs
+         end do
+         n_fill = int(t(p))
+         p = p + 1
+         st_sets(s)%fills = reshape(int(t(p:p + 4*n_fill - 1)), [4, n_fill])
+         p = p + 4*n_fill
+      end do
+   end function read_table
+
+   !> End the definition phase (collective over the model ranks): the handshake with the
+   !> workers, who check the grid, boxes and fields against their tunnel and send this rank its
+   !> part of the plan. A mismatch gives every rank the same message.
+   subroutine eh_enddef(ierr)
+      integer, intent(out), optional :: ierr
+      call finish(core_enddef(), ierr)
+   end subroutine eh_enddef
+
+   ! ===================================================================== exchanges
+   integer function array_nx()
+      array_nx = (st_i1 - st_i0) + st_halo(1) + st_halo(2)
+   end function array_nx
+
+   integer function array_ny()
+      array_ny = (st_j1 - st_j0) + st_halo(3) + st_halo(4)
+   end function array_ny
+
+   !> One committed struct-of-subarrays datatype per route of ``f``, over an array
+   !> (array_nx, array_ny, nk) of the field's kind: the message each worker expects, read or
+   !> written in place (runs in the table's order, each all levels, then j, then i).
+   integer function build_types(f, nk, types) result(status)
+      type(field_t), intent(in) :: f
+      integer, intent(in) :: nk
+      type(MPI_Datatype), allocatable, intent(out) :: types(:)
+      type(MPI_Datatype) :: base
+      type(MPI_Datatype), allocatable :: parts(:)
+      integer(MPI_ADDRESS_KIND), allocatable :: displs(:)
+      integer, allocatable :: ones(:)
+      integer :: r, k, n, ierror
+      status = EH_OK
+      base = MPI_DOUBLE
+      if (f%itemsize == 4) base = MPI_FLOAT
+      associate (routes => st_sets(f%route_set)%routes)
+         allocate (types(size(routes)))
+         do r = 1, size(routes)
+            n = size(routes(r)%runs, 2)
+            allocate (parts(n), displs(n), ones(n))
+            displs = 0
+            ones = 1
+            do k = 1, n
+               associate (run => routes(r)%runs(:, k))
+                  call MPI_Type_create_subarray(3, [array_nx(), array_ny(), nk], &
+                     [run(4), run(3), f%levels], [st_halo(1) + run(2), st_halo(3) + run(1), 0], &
+                     MPI_ORDER_FORTRAN, base, parts(k), ierror)
+               end associate
+            end do
+            call MPI_Type_create_struct(n, ones, displs, parts, types(r), ierror)
+            call MPI_Type_commit(types(r), ierror)
+            if (ierror /= MPI_SUCCESS) then
+               status = fail(EH_ERR_MPI, "datatype for field '"//f%name//"' failed")
+               return
+            end if
+            do k = 1, n
+               call MPI_Type_free(parts(k), ierror)
+            end do
+            deallocate (parts, displs, ones)
+         end do
+      end associate
+   end function build_types
+
+   subroutine free_types(types)
+      type(MPI_Datatype), allocatable, intent(inout) :: types(:)
+      integer :: k, ierror
+      if (.not. allocated(types)) return
+      do k = 1, size(types)
+         call MPI_Type_free(types(k), ierror)
+      end do
+      deallocate (types)
+   end subroutine free_types
+
+   subroutine free_requests(f)
+      type(field_t), intent(inout) :: f
+      integer :: k, ierror
+      if (.not. allocated(f%requests)) return
+      do k = 1, size(f%requests)
+         if (f%requests(k) /= MPI_REQUEST_NULL) call MPI_Request_free(f%requests(k), ierror)
+      end do
+      deallocate (f%requests)
+      f%bound_addr = 0
+   end subroutine free_requests
+
+   !> Persistent requests of field ``f`` bound to the array at ``addr`` (made again only when
+   !> the array moves or its depth changes).
+   integer function bind_requests(f, addr, nk, nbytes) result(status)
+      type(field_t), intent(inout) :: f
+      type(c_ptr), intent(in) :: addr
+      integer, intent(in) :: nk
+      integer(int64), intent(in) :: nbytes
+      integer(c_int8_t), pointer :: buf(:)
+      integer :: r, ierror
+      status = EH_OK
+      if (f%types_nk == nk .and. f%bound_addr == transfer(addr, f%bound_addr)) return
+      call free_requests(f)
+      if (f%types_nk /= nk) then
+         call free_types(f%types)
+         status = build_types(f, nk, f%types)
+         if (status /= EH_OK) return
+         f%types_nk = nk
+      end if
+      call c_f_pointer(addr, buf, [nbytes])
+      associate (routes => st_sets(f%route_set)%routes)
+         allocate (f%requests(size(routes)))
+         do r = 1, size(routes)
+            if (f%direction == DIR_IN) then
+               call MPI_Send_init(buf, 1, f%types(r), routes(r)%peer, f%tag, st_inter, &
+                  f%requests(r), ierror)
+            else
+               call MPI_Recv_init(buf, 1, f%types(r), routes(r)%peer, f%tag, st_inter, &
+                  f%requests(r), ierror)
+            end if
+         end do
+      end associate
+      f%bound_addr = transfer(addr, f%bound_addr)
+   end function bind_requests
+
+   function peers_of(f) result(peers)
+      type(field_t), intent(in) :: f
+      integer, allocatable :: peers(:)
+      integer :: r
+      associate (routes => st_sets(f%route_set)%routes)
+         allocate (peers(size(routes)))
+         do r = 1, size(routes)
+            peers(r) = routes(r)%peer
+         end do
+      end associate
+   end function peers_of
+
+   integer function complete_send(id) result(status)
+      integer, intent(in) :: id
+      status = EH_OK
+      if (.not. st_fields(id)%in_flight) return
+      status = wait_all(st_fields(id)%requests, peers_of(st_fields(id)), &
+         "eh_put('"//st_fields(id)%name//"')")
+      st_fields(id)%in_flight = .false.
+   end function complete_send
+
+   !> Start (once) the occurrence of field ``id``'s exchange at ``step``; ``due`` is false
+   !> when the exchange does not run at this step (then nothing happens).
+   integer function begin(id, step, due) result(status)
+      integer, intent(in) :: id, step
+      logical, intent(out) :: due
+      integer :: e, w, ierror
+      integer(int64) :: key, note(2)
+      status = EH_OK
+      e = st_fields(id)%exchange
+      due = .true.
+      if (st_every(e) == 0) then
+         key = STEP_STATIC
+      else if (modulo(step, st_every(e)) /= 0) then
+         due = .false.
+         return
+      else
+         key = int(step, int64)
+      end if
+      if (st_current(e) == key) return
+      status = drain(e)
+      if (status /= EH_OK) return
+      if (st_rank == 0) then
+         note = [int(e, int64), key]
+         do w = 0, st_workers - 1
+            call MPI_Send(note, 2, MPI_INT64_T, w, TAG_CONTROL, st_inter, ierror)
+         end do
+      end if
+      st_current(e) = key
+      do w = 1, st_nfields
+         if (st_fields(w)%exchange == e .and. st_fields(w)%direction == DIR_OUT) &
+            st_fields(w)%pending = .true.
+      end do
+   end function begin
+
+   !> Receive (and drop) the outputs of exchange ``e`` the model did not get, so the workers
+   !> are never left waiting on a send.
+   integer function drain(e) result(status)
+      integer, intent(in) :: e
+      integer :: k, ierror, r
+      integer(c_int8_t), allocatable, target :: scratch(:)
+      type(MPI_Datatype), allocatable :: types(:)
+      type(MPI_Request), allocatable :: reqs(:)
+      status = EH_OK
+      do k = 1, st_nfields
+         associate (f => st_fields(k))
+            if (f%exchange /= e .or. .not. f%pending) cycle
+            allocate (scratch(int(array_nx(), int64)*array_ny()*f%levels*f%itemsize))
+            status = build_types(f, f%levels, types)
+            if (status /= EH_OK) return
+            associate (routes => st_sets(f%route_set)%routes)
+               allocate (reqs(size(routes)))
+               do r = 1, size(routes)
+                  call MPI_Irecv(scratch, 1, types(r), routes(r)%peer, f%tag, st_inter, &
+                     reqs(r), ierror)
+               end do
+            end associate
+            status = wait_all(reqs, peers_of(f), "eh_get('"//f%name//"') (not called)")
+            call free_types(types)
+            deallocate (scratch, reqs)
+            f%pending = .false.
+            if (status /= EH_OK) return
+         end associate
+      end do
+   end function drain
+
+   integer function check_array(id, what, itemsize, n1, n2, nk, contiguous) result(status)
+      integer, intent(in) :: id, itemsize, n1, n2, nk
+      character(len=*), intent(in) :: what
+      logical, intent(in) :: contiguous
+      character(len=:), allocatable :: where
+      status = EH_OK
+      if (.not. st_defined .or. st_closed) then
+         status = fail(EH_ERR_STATE, what//": call eh_enddef first (and not after eh_finalize)")
+         return
+      end if
+      if (id < 1 .or. id > st_nfields) then
+         status = fail(EH_ERR_ARG, what//": no field with id "//trim(str(id)))
+         return
+      end if
+      associate (f => st_fields(id))
+         where = what//"('"//f%name//"')"
+         if (what == "eh_put" .and. f%direction /= DIR_IN) then
+            status = fail(EH_ERR_ARG, where//": the field is an output of the workers; use eh_get")
+         else if (what == "eh_get" .and. f%direction /= DIR_OUT) then
+            status = fail(EH_ERR_ARG, where//": the field is an input sent by the model; use eh_put")
+         else if (itemsize /= f%itemsize) then
+            status = fail(EH_ERR_ARG, where//": the array is real("//trim(str(itemsize))// &
+               "), the field is declared "//merge("float64", "float32", f%itemsize == 8))
+         else if (.not. contiguous) then
+            status = fail(EH_ERR_ARG, where//": the array must be contiguous (a whole array, "// &
+               "not a strided section), since MPI reads it in place")
+         else if (n1 /= array_nx() .or. n2 /= array_ny() .or. nk < f%levels) then
+            status = fail(EH_ERR_ARG, where//": the array is ("//trim(str(n1))//", "// &
+               trim(str(n2))//", "//trim(str(nk))//"), expected ("//trim(str(array_nx()))// &
+               ", "//trim(str(array_ny()))//", >= "//trim(str(f%levels))// &
+               "): the box and its halo (eh_box), and the field's levels")
+         end if
+      end associate
+   end function check_array
+
+   integer function core_put(id, addr, itemsize, n1, n2, nk, contiguous, step, nonblocking) &
+      result(status)
+      integer, intent(in) :: id, itemsize, n1, n2, nk, step
+      type(c_ptr), intent(in) :: addr
+      logical, intent(in) :: contiguous, nonblocking
+      logical :: due
+      integer :: ierror
+      status = check_array(id, "eh_put", itemsize, n1, n2, nk, contiguous)
+      if (status /= EH_OK) return
+      associate (f => st_fields(id))
+         if (f%static_sent) return
+         status = begin(id, step, due)
+         if (status /= EH_OK .or. .not. due) return
+         status = complete_send(id)
+         if (status /= EH_OK) return
+         status = bind_requests(f, addr, nk, int(n1, int64)*n2*nk*itemsize)
+         if (status /= EH_OK) return
+         call MPI_Startall(size(f%requests), f%requests, ierror)
+         f%in_flight = .true.
+         if (st_every(f%exchange) == 0) f%static_sent = .true.
+         if (.not. nonblocking) status = complete_send(id)
+      end associate
+   end function core_put
+
+   integer function core_get(id, addr, itemsize, n1, n2, nk, contiguous, step) result(status)
+      integer, intent(in) :: id, itemsize, n1, n2, nk, step
+      type(c_ptr), intent(in) :: addr
+      logical, intent(in) :: contiguous
+      logical :: due, has_inputs
+      integer :: e, k, ierror
+      integer(int64) :: key
+      status = check_array(id, "eh_get", itemsize, n1, n2, nk, contiguous)
+      if (status /= EH_OK) return
+      associate (f => st_fields(id))
+         e = f%exchange
+         if (st_every(e) == 0) then
+            key = STEP_STATIC
+         else if (modulo(step, st_every(e)) /= 0) then
+            return  ! not due: the array is left as it is
+         else
+            key = int(step, int64)
+         end if
+         if (st_current(e) /= key) then
+            has_inputs = .false.
+            do k = 1, st_nfields
+               if (st_fields(k)%exchange == e .and. st_fields(k)%direction == DIR_IN) &
+                  has_inputs = .true.
+            end do
+            if (has_inputs) then
+               status = fail(EH_ERR_STATE, "eh_get('"//f%name//"', step="//trim(str(step))// &
+                  "): the inputs of its exchange were not put at this step")
+               return
+            end if
+            status = begin(id, step, due)
+            if (status /= EH_OK) return
+         end if
+         if (.not. f%pending) then
+            status = fail(EH_ERR_STATE, "eh_get('"//f%name//"', step="//trim(str(step))// &
+               "): already received at this step")
+            return
+         end if
+         ! the exchange's non-blocking puts are complete once its first output is asked for
+         do k = 1, st_nfields
+            if (st_fields(k)%exchange == e) then
+               status = complete_send(k)
+               if (status /= EH_OK) return
+            end if
+         end do
+         call zero_fills(f, addr, n1, n2, nk)
+         status = bind_requests(f, addr, nk, int(n1, int64)*n2*nk*itemsize)
+         if (status /= EH_OK) return
+         call MPI_Startall(size(f%requests), f%requests, ierror)
+         status = wait_all(f%requests, peers_of(f), "eh_get('"//f%name//"')")
+         f%pending = .false.
+      end associate
+   end function core_get
+
+   !> Points of the box no worker returns (none unless the layout leaves some out) get 0.
+   subroutine zero_fills(f, addr, n1, n2, nk)
+      type(field_t), intent(in) :: f
+      type(c_ptr), intent(in) :: addr
+      integer, intent(in) :: n1, n2, nk
+      real(real64), pointer :: a8(:, :, :)
+      real(real32), pointer :: a4(:, :, :)
+      integer :: k, i0, j0
+      associate (fills => st_sets(f%route_set)%fills)
+         if (size(fills, 2) == 0) return
+         if (f%itemsize == 8) then
+            call c_f_pointer(addr, a8, [n1, n2, nk])
+         else
+            call c_f_pointer(addr, a4, [n1, n2, nk])
+         end if
+         do k = 1, size(fills, 2)
+            j0 = st_halo(3) + fills(1, k)
+            i0 = st_halo(1) + fills(2, k)
+            if (f%itemsize == 8) then
+               a8(i0 + 1:i0 + fills(4, k), j0 + 1:j0 + fills(3, k), 1:f%levels) = 0.0_real64
+            else
+               a4(i0 + 1:i0 + fills(4, k), j0 + 1:j0 + fills(3, k), 1:f%levels) = 0.0_real32
+            end if
+         end do
+      end associate
+   end subroutine zero_fills
+
+   integer function id_of(name, what) result(id)
+      character(len=*), intent(in) :: name, what
+      integer :: status
+      id = find_field(name)
+      if (id == 0) status = fail(EH_ERR_ARG, what//": unknown field '"//name// &
+                                 "' (declare it with eh_field)")
+   end function id_of
+
+   ! ----------------------------------------------------------------- eh_put specifics
+   !> eh_put(field, array, step [, nonblocking] [, ierr]): send the box (and nothing of the
+   !> array's halo) to the workers when the field's exchange is due at ``step`` (a no-op
+   !> otherwise). ``nonblocking``: return at once; the array must then stay untouched until
+   !> the first eh_get of the exchange, the next eh_put of the field, eh_wait or eh_finalize.
+   subroutine put_id_r8_3d(id, a, step, nonblocking, ierr)
+      integer, intent(in) :: id, step
+      real(real64), intent(in), target :: a(:, :, :)
+      logical, intent(in), optional :: nonblocking
+      integer, intent(out), optional :: ierr
+      call finish(core_put(id, c_loc(a), 8, size(a, 1), size(a, 2), size(a, 3), &
+         is_contiguous(a), step, opt(nonblocking)), ierr)
+   end subroutine put_id_r8_3d
+
+   subroutine put_id_r8_2d(id, a, step, nonblocking, ierr)
+      integer, intent(in) :: id, step
+      real(real64), intent(in), target :: a(:, :)
+      logical, intent(in), optional :: nonblocking
+      integer, intent(out), optional :: ierr
+      call finish(core_put(id, c_loc(a), 8, size(a, 1), size(a, 2), 1, is_contiguous(a), &
+         step, opt(nonblocking)), ierr)
+   end subroutine put_id_r8_2d
+
+   subroutine put_id_r4_3d(id, a, step, nonblocking, ierr)
+      integer, intent(in) :: id, step
+      real(real32), intent(in), target :: a(:, :, :)
+      logical, intent(in), optional :: nonblocking
+      integer, intent(out), optional :: ierr
+      call finish(core_put(id, c_loc(a), 4, size(a, 1), size(a, 2), size(a, 3), &
+         is_contiguous(a), step, opt(nonblocking)), ierr)
+   end subroutine put_id_r4_3d
+
+   subroutine put_id_r4_2d(id, a, step, nonblocking, ierr)
+      integer, intent(in) :: id, step
+      real(real32), intent(in), target :: a(:, :)
+      logical, intent(in), optional :: nonblocking
+      integer, intent(out), optional :: ierr
+      call finish(core_put(id, c_loc(a), 4, size(a, 1), size(a, 2), 1, is_contiguous(a), &
+         step, opt(nonblocking)), ierr)
+   end subroutine put_id_r4_2d
+
+   subroutine put_name_r8_3d(name, a, step, nonblocking, ierr)
+      character(len=*), intent(in) :: name
+      integer, intent(in) :: step
+      real(real64), intent(in), target :: a(:, :, :)
+      logical, intent(in), optional :: nonblocking
+      integer, intent(out), optional :: ierr
+      integer :: id
+      id = id_of(name, "eh_put")
+      if (id == 0) then
+         call finish(EH_ERR_ARG, ierr)
+      else
+         call put_id_r8_3d(id, a, step, nonblocking, ierr)
+      end if
+   end subroutine put_name_r8_3d
+
+   subroutine put_name_r8_2d(name, a, step, nonblocking, ierr)
+      character(len=*), intent(in) :: name
+      integer, intent(in) :: step
+      real(real64), intent(in), target :: a(:, :)
+      logical, intent(in), optional :: nonblocking
+      integer, intent(out), optional :: ierr
+      integer :: id
+      id = id_of(name, "eh_put")
+      if (id == 0) then
+         call finish(EH_ERR_ARG, ierr)
+      else
+         call put_id_r8_2d(id, a, step, nonblocking, ierr)
+      end if
+   end subroutine put_name_r8_2d
+
+   subroutine put_name_r4_3d(name, a, step, nonblocking, ierr)
+      character(len=*), intent(in) :: name
+      integer, intent(in) :: step
+      real(real32), intent(in), target :: a(:, :, :)
+      logical, intent(in), optional :: nonblocking
+      integer, intent(out), optional :: ierr
+      integer :: id
+      id = id_of(name, "eh_put")
+      if (id == 0) then
+         call finish(EH_ERR_ARG, ierr)
+      else
+         call put_id_r4_3d(id, a, step, nonblocking, ierr)
+      end if
+   end subroutine put_name_r4_3d
+
+   subroutine put_name_r4_2d(name, a, step, nonblocking, ierr)
+      character(len=*), intent(in) :: name
+      integer, intent(in) :: step
+      real(real32), intent(in), target :: a(:, :)
+      logical, intent(in), optional :: nonblocking
+      integer, intent(out), optional :: ierr
+      integer :: id
+      id = id_of(name, "eh_put")
+      if (id == 0) then
+         call finish(EH_ERR_ARG, ierr)
+      else
+         call put_id_r4_2d(id, a, step, nonblocking, ierr)
+      end if
+   end subroutine put_name_r4_2d
+
+   logical function opt(flag)
+      logical, intent(in), optional :: flag
+      opt = .false.
+      if (present(flag)) opt = flag
+   end function opt
+
+   ! ----------------------------------------------------------------- eh_get specifics
+   !> eh_get(field, array, step [, ierr]): receive the workers' result for the box into the
+   !> array (its halo is left as it is) when the exchange is due at ``step``; a no-op
+   !> otherwise. Waits for the workers (at most the timeout).
+   subroutine get_id_r8_3d(id, a, step, ierr)
+      integer, intent(in) :: id, step
+      real(real64), intent(inout), target :: a(:, :, :)
+      integer, intent(out), optional :: ierr
+      call finish(core_get(id, c_loc(a), 8, size(a, 1), size(a, 2), size(a, 3), &
+         is_contiguous(a), step), ierr)
+   end subroutine get_id_r8_3d
+
+   subroutine get_id_r8_2d(id, a, step, ierr)
+      integer, intent(in) :: id, step
+      real(real64), intent(inout), target :: a(:, :)
+      integer, intent(out), optional :: ierr
+      call finish(core_get(id, c_loc(a), 8, size(a, 1), size(a, 2), 1, is_contiguous(a), &
+         step), ierr)
+   end subroutine get_id_r8_2d
+
+   subroutine get_id_r4_3d(id, a, step, ierr)
+      integer, intent(in) :: id, step
+      real(real32), intent(inout), target :: a(:, :, :)
+      integer, intent(out), optional :: ierr
+      call finish(core_get(id, c_loc(a), 4, size(a, 1), size(a, 2), size(a, 3), &
+         is_contiguous(a), step), ierr)
+   end subroutine get_id_r4_3d
+
+   subroutine get_id_r4_2d(id, a, step, ierr)
+      integer, intent(in) :: id, step
+      real(real32), intent(inout), target :: a(:, :)
+      integer, intent(out), optional :: ierr
+      call finish(core_get(id, c_loc(a), 4, size(a, 1), size(a, 2), 1, is_contiguous(a), &
+         step), ierr)
+   end subroutine get_id_r4_2d
+
+   subroutine get_name_r8_3d(name, a, step, ierr)
+      character(len=*), intent(in) :: name
+      integer, intent(in) :: step
+      real(real64), intent(inout), target :: a(:, :, :)
+      integer, intent(out), optional :: ierr
+      integer :: id
+      id = id_of(name, "eh_get")
+      if (id == 0) then
+         call finish(EH_ERR_ARG, ierr)
+      else
+         call get_id_r8_3d(id, a, step, ierr)
+      end if
+   end subroutine get_name_r8_3d
+
+   subroutine get_name_r8_2d(name, a, step, ierr)
+      character(len=*), intent(in) :: name
+      integer, intent(in) :: step
+      real(real64), intent(inout), target :: a(:, :)
+      integer, intent(out), optional :: ierr
+      integer :: id
+      id = id_of(name, "eh_get")
+      if (id == 0) then
+         call finish(EH_ERR_ARG, ierr)
+      else
+         call get_id_r8_2d(id, a, step, ierr)
+      end if
+   end subroutine get_name_r8_2d
+
+   subroutine get_name_r4_3d(name, a, step, ierr)
+      character(len=*), intent(in) :: name
+      integer, intent(in) :: step
+      real(real32), intent(inout), target :: a(:, :, :)
+      integer, intent(out), optional :: ierr
+      integer :: id
+      id = id_of(name, "eh_get")
+      if (id == 0) then
+         call finish(EH_ERR_ARG, ierr)
+      else
+         call get_id_r4_3d(id, a, step, ierr)
+      end if
+   end subroutine get_name_r4_3d
+
+   subroutine get_name_r4_2d(name, a, step, ierr)
+      character(len=*), intent(in) :: name
+      integer, intent(in) :: step
+      real(real32), intent(inout), target :: a(:, :)
+      integer, intent(out), optional :: ierr
+      integer :: id
+      id = id_of(name, "eh_get")
+      if (id == 0) then
+         call finish(EH_ERR_ARG, ierr)
+      else
+         call get_id_r4_2d(id, a, step, ierr)
+      end if
+   end subroutine get_name_r4_2d
+
+   ! ===================================================================== the end
+   integer function core_wait() result(status)
+      integer :: k
+      status = EH_OK
+      do k = 1, st_nfields
+         status = complete_send(k)
+         if (status /= EH_OK) return
+      end do
+   end function core_wait
+
+   !> Complete every non-blocking eh_put (their arrays may be changed afterwards).
+   subroutine eh_wait(ierr)
+      integer, intent(out), optional :: ierr
+      if (.not. st_defined) then
+         call finish(EH_OK, ierr)
+      else
+         call finish(core_wait(), ierr)
+      end if
+   end subroutine eh_wait
+
+   integer function core_finalize() result(status)
+      integer :: e, k, w, ierror
+      integer(int64) :: note(2)
+      status = EH_OK
+      if (st_closed .or. .not. st_init) return
+      if (st_defined) then
+         do e = 0, size(st_every) - 1
+            status = drain(e)
+            if (status /= EH_OK) return
+         end do
+         status = core_wait()
+         if (status /= EH_OK) return
+      end if
+      call MPI_Barrier(st_comm, ierror)
+      if (st_rank == 0 .and. st_defined) then
+         note = [NOTE_STOP, NOTE_STOP]
+         do w = 0, st_workers - 1
+            call MPI_Send(note, 2, MPI_INT64_T, w, TAG_CONTROL, st_inter, ierror)
+         end do
+      end if
+      do k = 1, st_nfields
+         call free_requests(st_fields(k))
+         call free_types(st_fields(k)%types)
+         st_fields(k)%types_nk = -1
+      end do
+      call MPI_Comm_free(st_inter, ierror)
+      st_closed = .true.
+      if (st_we_started_mpi) call MPI_Finalize(ierror)
+   end function core_finalize
+
+   !> End the coupling (collective over the model ranks): receive what was not asked for,
+   !> complete the sends, tell the workers to stop, free the MPI objects. The model's
+   !> communicator stays valid; MPI is finalised only if eh_init started it.
+   subroutine eh_finalize(ierr)
+      integer, intent(out), optional :: ierr
+      call finish(core_finalize(), ierr)
+   end subroutine eh_finalize
+
+   ! ===================================================================== C entry points
+   function c_string(s) result(out)
+      character(kind=c_char), intent(in) :: s(*)
+      character(len=:), allocatable :: out
+      integer :: n
+      n = 0
+      do while (s(n + 1) /= c_null_char .and. n < 4096)
+         n = n + 1
+      end do
+      allocate (character(len=n) :: out)
+      out = transfer(s(1:n), out)
+   end function c_string
+
+   integer(c_int) function to_c(status)
+      integer, intent(in) :: status
+      if (status /= EH_OK .and. st_abort_c) call die(status)
+      to_c = int(status, c_int)
+   end function to_c
+
+   integer(c_int) function eh_c_abort_on_error(flag) bind(C, name="eh_abort_on_error")
+      integer(c_int), value :: flag
+      st_abort_c = flag /= 0
+      eh_c_abort_on_error = EH_OK
+   end function eh_c_abort_on_error
+
+   integer(c_int) function eh_c_init(comm) bind(C, name="eh_init_f")
+      integer(c_int), intent(out) :: comm
+      type(MPI_Comm) :: fcomm
+      integer :: status
+      status = core_init(fcomm)
+      comm = -1
+      if (status == EH_OK) comm = int(fcomm%MPI_VAL, c_int)
+      eh_c_init = to_c(status)
+   end function eh_c_init
+
+   integer(c_int) function eh_c_grid(nx, ny, east_west, south, north, pivot) &
+      bind(C, name="eh_grid")
+      integer(c_int), value :: nx, ny
+      character(kind=c_char), intent(in) :: east_west(*), south(*), north(*), pivot(*)
+      eh_c_grid = to_c(core_grid(int(nx), int(ny), c_string(east_west), c_string(south), &
+         c_string(north), c_string(pivot)))
+   end function eh_c_grid
+
+   integer(c_int) function eh_c_box(i0, j0, ni, nj, halo, holes) bind(C, name="eh_box")
+      integer(c_int), value :: i0, j0, ni, nj, holes
+      integer(c_int), intent(in) :: halo(4)
+      eh_c_box = to_c(core_box(int(i0), int(j0), int(ni), int(nj), int(halo), holes /= 0))
+   end function eh_c_box
+
+   integer(c_int) function eh_c_field(name, levels, direction, dtype, id) &
+      bind(C, name="eh_field")
+      character(kind=c_char), intent(in) :: name(*), direction(*), dtype(*)
+      integer(c_int), value :: levels
+      integer(c_int), intent(out) :: id
+      integer :: k, status
+      status = core_field(c_string(name), int(levels), c_string(direction), c_string(dtype), k)
+      id = int(k, c_int)
+      eh_c_field = to_c(status)
+   end function eh_c_field
+
+   integer(c_int) function eh_c_field_id(name, id) bind(C, name="eh_field_id")
+      character(kind=c_char), intent(in) :: name(*)
+      integer(c_int), intent(out) :: id
+      integer :: k, status
+      k = id_of(c_string(name), "eh_field_id")
+      id = int(k, c_int)
+      status = merge(EH_OK, EH_ERR_ARG, k /= 0)
+      eh_c_field_id = to_c(status)
+   end function eh_c_field_id
+
+   integer(c_int) function eh_c_enddef() bind(C, name="eh_enddef")
+      eh_c_enddef = to_c(core_enddef())
+   end function eh_c_enddef
+
+   !> C arrays are [levels][ny + halos][nx + halos] (i fastest), the Fortran layout.
+   integer(c_int) function eh_c_put(id, a, itemsize, nk, step, nonblocking) &
+      bind(C, name="eh_put_raw")
+      integer(c_int), value :: id, itemsize, nk, step, nonblocking
+      type(c_ptr), value :: a
+      if (.not. c_associated(a)) then
+         eh_c_put = to_c(fail(EH_ERR_ARG, "eh_put: NULL array"))
+         return
+      end if
+      eh_c_put = to_c(core_put(int(id), a, int(itemsize), array_nx(), array_ny(), int(nk), &
+         .true., int(step), nonblocking /= 0))
+   end function eh_c_put
+
+   integer(c_int) function eh_c_get(id, a, itemsize, nk, step) bind(C, name="eh_get_raw")
+      integer(c_int), value :: id, itemsize, nk, step
+      type(c_ptr), value :: a
+      if (.not. c_associated(a)) then
+         eh_c_get = to_c(fail(EH_ERR_ARG, "eh_get: NULL array"))
+         return
+      end if
+      eh_c_get = to_c(core_get(int(id), a, int(itemsize), array_nx(), array_ny(), int(nk), &
+         .true., int(step)))
+   end function eh_c_get
+
+   integer(c_int) function eh_c_wait() bind(C, name="eh_wait")
+      integer :: status
+      status = EH_OK
+      if (st_defined) status = core_wait()
+      eh_c_wait = to_c(status)
+   end function eh_c_wait
+
+   integer(c_int) function eh_c_finalize() bind(C, name="eh_finalize")
+      eh_c_finalize = to_c(core_finalize())
+   end function eh_c_finalize
+
+   integer(c_int) function eh_c_set_timeout(seconds) bind(C, name="eh_set_timeout")
+      real(c_double), value :: seconds
+      call eh_set_timeout(real(seconds, real64))
+      eh_c_set_timeout = EH_OK
+   end function eh_c_set_timeout
+
+   !> Copies the last error message (NUL-terminated, cut to ``n`` bytes) into ``buf``.
+   integer(c_int) function eh_c_error_message(buf, n) bind(C, name="eh_error_message")
+      character(kind=c_char), intent(out) :: buf(*)
+      integer(c_int), value :: n
+      integer :: k, m
+      m = min(len_trim(st_msg), int(n) - 1)
+      do k = 1, m
+         buf(k) = st_msg(k:k)
+      end do
+      if (n > 0) buf(max(m, 0) + 1) = c_null_char
+      eh_c_error_message = int(m, c_int)
+   end function eh_c_error_message
+
+end module eophis_hpc

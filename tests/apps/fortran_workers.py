@@ -1,0 +1,109 @@
+"""Python side of the Fortran/C client tests (tests/fortran/): the workers check every tile they
+receive against the reference semantics bit for bit and return a halo-using stencil; ``model``
+runs the Python-client twin of toy_model.F90, writing the same result files, so the two clients
+can be compared byte for byte against the same workers.
+
+Usage: python fortran_workers.py worker|model config.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import eophis_hpc as eh
+from eophis_hpc.reference import reference_tile
+
+JUNK_IN, JUNK_OUT = -777.0, -555.0
+OFFSETS = {"u": 0, "v": 3}  # as in toy_model.F90
+
+
+def value(grid: eh.Grid, name: str, step: int, levels: int, dtype) -> np.ndarray:
+    """The global field (levels, ny, nx): integers, exact in float32 too (toy_model.F90's)."""
+    k, j, i = np.meshgrid(np.arange(levels), np.arange(grid.ny), np.arange(grid.nx), indexing="ij")
+    return (i + 200 * j + 40000 * k + 7 * step + OFFSETS[name]).astype(dtype)
+
+
+def stencil(x: np.ndarray, h: int) -> np.ndarray:
+    """((north - south) + 2 (east - west)) + centre, reading one halo cell on every side."""
+    ny, nx = x.shape[-2:]
+    c = x[..., h:ny - h, h:nx - h]
+    n = x[..., h + 1:ny - h + 1, h:nx - h]
+    s = x[..., h - 1:ny - h - 1, h:nx - h]
+    e = x[..., h:ny - h, h + 1:nx - h + 1]
+    w = x[..., h:ny - h, h - 1:nx - h - 1]
+    return ((n - s) + x.dtype.type(2) * (e - w)) + c
+
+
+def exchanges(cfg) -> list:
+    return [eh.Exchange(inputs="u", outputs="su", levels=cfg["levels"], dtype=cfg["dtype"]),
+            eh.Exchange(inputs="v", outputs="sv", levels=cfg["levels"], dtype=cfg["dtype"],
+                        every=cfg["every_v"], point="V", signs={"v": -1})][:cfg.get("n_exchanges", 2)]
+
+
+def run_worker(cfg) -> None:
+    grid = eh.Grid(**cfg["grid"])
+    h = cfg["halo"]
+    tunnel = eh.Tunnel(grid, halo=h, exchanges=exchanges(cfg), tiles=cfg.get("tiles"),
+                       strategy=cfg.get("strategy"), verbose=False)
+    calls = {"n": 0}
+
+    @tunnel.model
+    def closure(step, **inputs):
+        out = {}
+        for name, batch in inputs.items():
+            spec = tunnel.schedule.fields[name]
+            glb = value(grid, name, step, spec.levels, spec.dtype)
+            plan = tunnel.layout.plan(spec.point)
+            for k, d in enumerate(tunnel.layout.tiles_of[tunnel.link.rank]):
+                want = reference_tile(glb, grid.with_point(spec.point), plan.read_boxes[d], h,
+                                      spec.sign)
+                if not np.array_equal(batch[k], want):
+                    bad = np.argwhere(batch[k] != want)[0].tolist()
+                    raise AssertionError(f"worker {tunnel.link.rank}: tile {d} of {name} at step "
+                                         f"{step} differs from the reference at {bad}")
+            out["s" + name] = stencil(batch, h)
+        calls["n"] += 1
+        return out
+
+    tunnel.run()
+    print(f"worker {tunnel.link.rank}: OK after {calls['n']} calls", flush=True)
+
+
+def run_model(cfg) -> None:
+    """The Python client doing what toy_model.F90 does (same boxes, halos, steps, files)."""
+    grid = eh.Grid(**cfg["grid"])
+    from mpi4py import MPI
+    rank = MPI.COMM_WORLD.rank
+    px, py = cfg["px"], cfg["py"]
+    pi, pj = rank % px, rank // px
+    i0, i1 = pi * grid.nx // px, (pi + 1) * grid.nx // px
+    j0, j1 = pj * grid.ny // py, (pj + 1) * grid.ny // py
+    hm, nz, dt = cfg["model_halo"], cfg["levels"], np.dtype(cfg["dtype"])
+    cpl = eh.connect(grid, eh.Box(j0, j1, i0, i1))
+    shape = (nz, j1 - j0 + 2 * hm, i1 - i0 + 2 * hm)
+    inner = (slice(None), slice(hm, hm + j1 - j0), slice(hm, hm + i1 - i0))
+    su, sv = np.full(shape, JUNK_OUT, dt), np.full(shape, JUNK_OUT, dt)
+    for step in range(cfg["steps"]):
+        for name in ("u", "v"):
+            arr = np.full(shape, JUNK_IN, dt)
+            arr[inner] = value(grid, name, step, nz, dt)[:, j0:j1, i0:i1]
+            cpl.put(name, arr, step, offset=(hm, hm))
+        su.fill(JUNK_OUT)
+        sv.fill(JUNK_OUT)
+        cpl.get("su", step, out=su, offset=(hm, hm))
+        cpl.get("sv", step, out=sv, offset=(hm, hm))
+    cpl.close()
+    with open(Path(cfg["outdir"]) / f"python_rank{rank}.bin", "wb") as fh:
+        fh.write(np.ascontiguousarray(su[inner]).tobytes())
+        fh.write(np.ascontiguousarray(sv[inner]).tobytes())
+    print(f"python model rank {rank}: done", flush=True)
+
+
+if __name__ == "__main__":
+    role, path = sys.argv[1], sys.argv[2]
+    with open(path) as fh:
+        config = json.load(fh)
+    (run_model if role == "model" else run_worker)(config)
