@@ -1,4 +1,4 @@
-"""Command line: ``eophis-hpc demo | run | tune | bench | info``."""
+"""Command line: ``eophis-hpc demo | run | tune | bench | info | fortran``."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("closure", help="worker script (.py)")
     run.add_argument("--model-args", default="", help="arguments of the model, one string")
     run.add_argument("--closure-args", default="", help="arguments of the closure, one string")
+    run.add_argument("--mpi", metavar="WRAPPER", default=None,
+                     help="the Fortran model's MPI compiler wrapper (e.g. mpifort.mpich): launch "
+                          "with its mpiexec and point the workers' mpi4py at its library")
 
     tune = sub.add_parser("tune", help="measure candidate settings for a grid and rank counts "
                                        "and write the fastest to eophis_hpc.toml")
@@ -74,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' run
 
     sub.add_parser("info", help="versions, MPI library, kernel backends, frameworks")
+
+    fortran = sub.add_parser("fortran", help="where the Fortran/C client is, how to build it in, "
+                                             "and the environment for the workers")
+    fortran.add_argument("--source", action="store_true", help="print the module's path only")
+    fortran.add_argument("--include", action="store_true",
+                         help="print the folder of the header (and module, when built) only")
+    fortran.add_argument("--env", metavar="WRAPPER", default=None,
+                         help="print shell exports that make the Python workers load the MPI "
+                              "library of this compiler wrapper (e.g. mpifort.mpich)")
     return parser
 
 
@@ -86,12 +98,19 @@ def main(argv=None) -> int:
         import shlex
 
         from .launch import command_for, mpmd_command
+        env, mpiexec = None, None
+        if args.mpi:
+            from . import fortran
+            import os
+            mpiexec = str(fortran.mpiexec_of(args.mpi))
+            env = dict(os.environ, **fortran.worker_env(fortran.libmpi_of(args.mpi)))
         cmd = mpmd_command(args.model_ranks, command_for(args.model, shlex.split(args.model_args)),
-                           args.workers, command_for(args.closure, shlex.split(args.closure_args)))
+                           args.workers, command_for(args.closure, shlex.split(args.closure_args)),
+                           mpiexec=mpiexec)
         print(" ".join(shlex.quote(c) for c in cmd), flush=True)
         if args.dry_run:
             return 0
-        return subprocess.run(cmd).returncode
+        return subprocess.run(cmd, env=env).returncode
     if args.command == "tune":
         from .tune import main as tune_main
         return tune_main(args)
@@ -102,7 +121,38 @@ def main(argv=None) -> int:
         from .info import report
         print(report())
         return 0
+    if args.command == "fortran":
+        return _fortran(args)
     return 2
+
+
+def _fortran(args) -> int:
+    import shlex
+
+    from . import fortran
+    if args.source:
+        print(fortran.source())
+        return 0
+    if args.include:
+        print(fortran.header().parent)
+        return 0
+    if args.env:
+        try:
+            env = fortran.worker_env(fortran.libmpi_of(args.env))
+            mpiexec = fortran.mpiexec_of(args.env)
+        except (OSError, RuntimeError) as exc:
+            print(f"eophis-hpc fortran --env: {exc}", file=sys.stderr)
+            return 2
+        for key, value in env.items():
+            print(f"export {key}={shlex.quote(value)}")
+        print(f"# launch with: {mpiexec} -n P ./model : -n Q {sys.executable} closure.py")
+        return 0
+    print(f"Fortran module: {fortran.source()}\nC header:       {fortran.header()}\n")
+    print("Build it into a model (the model's own MPI wrapper):")
+    print("  " + fortran.recipe().replace("\n", "\n  "))
+    print("\nRun the Python workers on the same MPI library: eophis-hpc fortran --env mpifort")
+    print("Guide: docs/fortran.md")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,195 @@
+"""The Fortran/C client (ext/fortran) against the Python workers, on the MPI library of the
+Fortran compiler wrapper (the system MPICH in CI), with mpi4py pointed at the same library.
+
+toy_model.F90 checks in Fortran, point by point, that what comes back is the exact stencil of
+the global field under the grid's boundary conditions; the workers check every tile they
+receive against the reference; the Python-client twin gives byte-identical results; smoke.c
+goes through the C header. Without an MPI Fortran compiler these tests skip (CI installs one
+and sets EOPHIS_HPC_REQUIRE_FORTRAN=1, which turns the skip into a failure).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from eophis_hpc import fortran
+
+pytestmark = pytest.mark.mpi
+
+HERE = Path(__file__).parent
+APP = HERE / "apps" / "fortran_workers.py"
+WRAPPERS = ("mpifort.mpich", "mpifort", "mpif90")
+
+
+def _missing(reason: str):
+    if os.environ.get("EOPHIS_HPC_REQUIRE_FORTRAN") == "1":
+        pytest.fail(f"{reason} (EOPHIS_HPC_REQUIRE_FORTRAN=1)")
+    pytest.skip(reason)
+
+
+def _run(cmd, cwd, what, timeout=180, env=None):
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if out.returncode != 0:
+        pytest.fail(f"{what} failed ({out.returncode}): {' '.join(map(str, cmd))}\n"
+                    f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def toolchain(tmp_path_factory):
+    """The client, toy_model (real64 and real32) and smoke.c compiled with the MPI wrapper."""
+    wrapper = next((w for w in WRAPPERS if shutil.which(w)), None)
+    if wrapper is None:
+        _missing("no MPI Fortran compiler wrapper (mpifort) on PATH; on Debian: "
+                 "apt-get install gfortran mpich libmpich-dev")
+    suffix = wrapper.split(".", 1)[1] if "." in wrapper else ""
+    cc = shutil.which(f"mpicc.{suffix}" if suffix else "mpicc")
+    build = tmp_path_factory.mktemp("fortran")
+    # the installed copy of the module: what users compile
+    _run([wrapper, "-O2", "-c", str(fortran.source()), "-o", "eophis_hpc.o"], build,
+         "compiling the client")
+    for wp in (8, 4):
+        _run([wrapper, "-O2", f"-DWP={wp}", str(HERE / "fortran" / "toy_model.F90"),
+              "eophis_hpc.o", "-o", f"toy{wp}"], build, f"compiling toy_model (real({wp}))")
+    if cc is None:
+        _missing(f"no MPI C compiler wrapper next to {wrapper}")
+    _run([cc, "-O2", "-Wall", "-Werror", f"-I{fortran.header().parent}", "-c",
+          str(HERE / "fortran" / "smoke.c"), "-o", "smoke.o"], build, "compiling smoke.c")
+    _run([wrapper, "smoke.o", "eophis_hpc.o", "-o", "smoke"], build, "linking smoke.c")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", EOPHIS_HPC_TIMEOUT="60",
+               **fortran.worker_env(fortran.libmpi_of(wrapper), shim_root=build / "libmpi"))
+    return SimpleNamespace(wrapper=wrapper, build=build, mpiexec=str(fortran.mpiexec_of(wrapper)),
+                           env=env)
+
+
+def launch(tc, model_cmd: list[str], p: int, cfg: dict, q: int, tmp_path, timeout=150):
+    path = tmp_path / "workers.json"
+    path.write_text(json.dumps(cfg))
+    cmd = [tc.mpiexec, "-n", str(p), *model_cmd, ":", "-n", str(q), sys.executable, str(APP),
+           "worker", str(path)]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=tc.env,
+                              cwd=tmp_path)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the job did not end within {timeout} s: {' '.join(cmd)}\n{exc.stdout}\n"
+                    f"{exc.stderr}")
+
+
+def toy_args(tc, case: dict, outdir: Path) -> list[str]:
+    g = case["grid"]
+    return [str(tc.build / f"toy{8 if case['dtype'] == 'float64' else 4}"), str(g["nx"]),
+            str(g["ny"]), g.get("east_west", "closed"), g.get("south", "closed"),
+            g.get("north", "closed"), g.get("pivot", "T"), str(case["px"]), str(case["py"]),
+            str(case["model_halo"]), str(case["levels"]), str(case["steps"]),
+            str(case["every_v"]), str(outdir)]
+
+
+def case(grid, px, py, model_halo, levels, dtype, workers, halo=1, tiles=None, strategy=None,
+         steps=4, every_v=2):
+    return {"grid": grid, "px": px, "py": py, "model_halo": model_halo, "levels": levels,
+            "dtype": dtype, "workers": workers, "halo": halo, "tiles": tiles,
+            "strategy": strategy, "steps": steps, "every_v": every_v}
+
+
+ORCA2 = {"nx": 180, "ny": 148, "east_west": "cyclic", "south": "closed", "north": "fold",
+         "pivot": "T"}
+CASES = {
+    "fold-T 2:1 nz1 f64": case({"nx": 24, "ny": 18, "east_west": "cyclic", "north": "fold",
+                               "pivot": "T"}, 2, 1, 1, 1, "float64", 1),
+    "fold-F 4:2 nz3 f32 halo2": case({"nx": 30, "ny": 20, "east_west": "cyclic",
+                                      "north": "fold", "pivot": "F"}, 2, 2, 2, 3, "float32", 2,
+                                     halo=2, tiles=4),
+    "closed 3:2 nz2 f64 packed": case({"nx": 26, "ny": 15}, 1, 3, 0, 2, "float64", 2,
+                                      strategy="packed", every_v=3),
+    "cyclic 3:1 nz1 f32": case({"nx": 21, "ny": 16, "east_west": "cyclic", "south": "cyclic",
+                                "north": "cyclic"}, 3, 1, 1, 1, "float32", 1),
+    "ORCA2 4:2 nz5 f64 nn_hls=1": case(ORCA2, 2, 2, 1, 5, "float64", 2, steps=3),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fortran_model_gets_exact_stencil(toolchain, tmp_path, name):
+    c = CASES[name]
+    out = launch(toolchain, toy_args(toolchain, c, tmp_path), c["px"] * c["py"], c,
+                 c["workers"], tmp_path)
+    assert out.returncode == 0, f"{name}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert "toy_model: PASS" in out.stdout
+    for w in range(c["workers"]):
+        assert f"worker {w}: OK after" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["fold-T 2:1 nz1 f64", "fold-F 4:2 nz3 f32 halo2"])
+def test_python_and_fortran_clients_agree_byte_for_byte(toolchain, tmp_path, name):
+    """The same workers, the model side once in Fortran, once through the Python client."""
+    c = dict(CASES[name], outdir=str(tmp_path))
+    p = c["px"] * c["py"]
+    out = launch(toolchain, toy_args(toolchain, c, tmp_path), p, c, c["workers"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cfg = tmp_path / "model.json"
+    cfg.write_text(json.dumps(c))
+    out = launch(toolchain, [sys.executable, str(APP), "model", str(cfg)], p, c, c["workers"],
+                 tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for r in range(p):
+        f = (tmp_path / f"fortran_rank{r}.bin").read_bytes()
+        py = (tmp_path / f"python_rank{r}.bin").read_bytes()
+        assert len(f) > 0 and f == py, f"model rank {r}: the two clients' results differ"
+
+
+def test_c_smoke_through_the_header(toolchain, tmp_path):
+    cfg = {"grid": {"nx": 20, "ny": 12}, "halo": 1, "levels": 1, "dtype": "float64",
+           "every_v": 1, "n_exchanges": 1}
+    out = launch(toolchain, [str(toolchain.build / "smoke")], 2, cfg, 1, tmp_path)
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert "smoke: PASS" in out.stdout
+
+
+def test_a_mismatch_reaches_every_rank_and_ends_the_job(toolchain, tmp_path):
+    """The workers' tunnel has 2 levels, the Fortran model declares 1: the handshake error is
+    given to the Fortran ranks (status and message) and the whole job ends non-zero."""
+    c = case({"nx": 24, "ny": 18}, 2, 1, 0, 1, "float64", 1)
+    workers = dict(c, levels=2)
+    out = launch(toolchain, toy_args(toolchain, c, tmp_path), 2, workers, 1, tmp_path)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "eh_enddef failed with status 3" in text
+    assert "field 'u': the model declares levels=1, the workers' tunnel levels=2" in text
+
+
+def test_meson_option_builds_library_and_pkg_config(toolchain, tmp_path):
+    """-Dfortran=true: the shared library, module, header and a relocatable .pc file, and a
+    model built from them alone (pkg-config) runs coupled."""
+    meson = Path(sys.executable).parent / "meson"
+    if not meson.exists() or shutil.which("pkg-config") is None:
+        _missing("meson (pip install meson ninja) or pkg-config is not installed")
+    root = HERE.parent
+    env = dict(os.environ, FC=toolchain.wrapper,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    build, dest = tmp_path / "build", tmp_path / "dest"
+    _run([str(meson), "setup", str(build), str(root), "-Dfortran=true",
+          f"--prefix={tmp_path / 'prefix'}"], root, "meson setup", env=env)
+    _run([str(meson), "compile", "-C", str(build), "eophis_hpc_client", "eophis_hpc_mod"], root,
+         "meson compile", env=env)
+    _run([str(meson), "install", "-C", str(build), "--no-rebuild", "--tags", "fortran-client",
+          "--destdir", str(dest)], root, "meson install", env=env)
+    pcs = list(dest.rglob("eophis_hpc_client.pc"))
+    assert len(pcs) == 1, pcs
+    client = pcs[0].parent
+    for name in ("libeophis_hpc_client.so", "eophis_hpc.mod", "eophis_hpc.h", "eophis_hpc.f90"):
+        assert (client / name).exists(), name
+    flags = _run(["pkg-config", "--cflags", "--libs", "eophis_hpc_client"], tmp_path,
+                 "pkg-config", env=dict(env, PKG_CONFIG_PATH=str(client))).stdout.split()
+    assert f"-I{client}" in flags and "-leophis_hpc_client" in flags
+    _run([toolchain.wrapper, "-DWP=8", str(HERE / "fortran" / "toy_model.F90"), *flags, "-o",
+          "toy_pc"], tmp_path, "building toy_model with pkg-config")
+    c = CASES["fold-T 2:1 nz1 f64"]
+    args = toy_args(toolchain, c, tmp_path)
+    out = launch(toolchain, [str(tmp_path / "toy_pc"), *args[1:]], 2, c, 1, tmp_path)
+    assert out.returncode == 0 and "toy_model: PASS" in out.stdout, out.stderr[-3000:]
