@@ -163,6 +163,18 @@ def test_a_mismatch_reaches_every_rank_and_ends_the_job(toolchain, tmp_path):
     assert "field 'u': the model declares levels=1, the workers' tunnel levels=2" in text
 
 
+def test_a_silent_worker_times_out_with_its_rank_named(toolchain, tmp_path):
+    """A worker that stops answering: eh_get gives up after EOPHIS_HPC_TIMEOUT, names the
+    worker, and (no ierr) aborts the whole job instead of hanging."""
+    c = case({"nx": 24, "ny": 18}, 2, 1, 1, 1, "float64", 1, steps=3)
+    env = dict(toolchain.env, EOPHIS_HPC_TIMEOUT="3")
+    tc = SimpleNamespace(**dict(vars(toolchain), env=env))
+    out = launch(tc, toy_args(toolchain, c, tmp_path), 2, dict(c, stall_at=1), 1, tmp_path,
+                 timeout=60)
+    assert out.returncode != 0
+    assert "eh_get('su'): no answer from worker(s) 0 after 3.0 s" in out.stdout + out.stderr
+
+
 def test_meson_option_builds_library_and_pkg_config(toolchain, tmp_path):
     """-Dfortran=true: the shared library, module, header and a relocatable .pc file, and a
     model built from them alone (pkg-config) runs coupled."""

@@ -52,6 +52,9 @@ def run_worker(cfg) -> None:
 
     @tunnel.model
     def closure(step, **inputs):
+        if cfg.get("stall_at") == step:  # alive but silent: the model side must time out
+            import time
+            time.sleep(3600)
         out = {}
         for name, batch in inputs.items():
             spec = tunnel.schedule.fields[name]
