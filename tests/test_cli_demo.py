@@ -1,6 +1,7 @@
 """The command line: the demo main job end to end (small), run --dry-run, info, bad arguments."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,16 @@ def test_cnn_weights_load_safely(tmp_path):
     torch.save({"x": _NotWeights()}, bad)
     with pytest.raises(Exception, match="(?i)weights_only|unsupported global"):
         gz21.build(weights=str(bad))
+
+
+def test_fortran_command_recipe_source_and_env_errors():
+    res = cli("fortran")
+    assert res.returncode == 0, res.stderr
+    assert "eophis_hpc.f90" in res.stdout and "mpifort -O2 -c" in res.stdout
+    src = cli("fortran", "--source")
+    assert src.returncode == 0 and os.path.isfile(src.stdout.strip())
+    inc = cli("fortran", "--include")
+    assert os.path.isfile(os.path.join(inc.stdout.strip(), "eophis_hpc.h"))
+    bad = cli("fortran", "--env", "mpifort.no-such-mpi")
+    assert bad.returncode == 2 and "not found on PATH" in bad.stderr
+    assert "  fortran  " in cli("info").stdout

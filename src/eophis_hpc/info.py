@@ -12,6 +12,21 @@ def _version(mod: str) -> str:
         return f"absent ({type(exc).__name__})"
 
 
+def _fortran_line() -> str:
+    """The Fortran/C client: where its source is, and the first MPI Fortran wrapper found."""
+    import shutil
+
+    from . import fortran
+    wrapper = next((w for w in ("mpifort.mpich", "mpifort", "mpif90") if shutil.which(w)), None)
+    if wrapper is None:
+        return f"  fortran  {fortran.source()} (no mpifort on PATH: docs/fortran.md)"
+    try:
+        return (f"  fortran  {fortran.source()}; {wrapper} -> {fortran.libmpi_of(wrapper)} "
+                f"(workers: eophis-hpc fortran --env {wrapper})")
+    except (OSError, RuntimeError) as exc:
+        return f"  fortran  {fortran.source()}; {wrapper}: {exc}"
+
+
 def report() -> str:
     from . import __version__, kernels
     from .launch import find_mpiexec
@@ -37,6 +52,7 @@ def report() -> str:
     except config.ConfigError as exc:
         state = f"unreadable: {exc}"
     lines.append(f"  settings {state}")
+    lines.append(_fortran_line())
     lines.append("  kernel backends (first available is the default):")
     for name, state in kernels.available().items():
         lines.append(f"    {name:<7} {state}")
