@@ -205,3 +205,9 @@ def test_meson_option_builds_library_and_pkg_config(toolchain, tmp_path):
     args = toy_args(toolchain, c, tmp_path)
     out = launch(toolchain, [str(tmp_path / "toy_pc"), *args[1:]], 2, c, 1, tmp_path)
     assert out.returncode == 0 and "toy_model: PASS" in out.stdout, out.stderr[-3000:]
+
+
+def test_run_mpi_uses_the_wrappers_launcher(toolchain, tmp_path):
+    out = _run([sys.executable, "-m", "eophis_hpc.cli", "run", "--mpi", toolchain.wrapper, "-n",
+                "2", "-w", "1", "--dry-run", "./model", "closure.py"], tmp_path, "run --dry-run")
+    assert out.stdout.split()[0] == toolchain.mpiexec
