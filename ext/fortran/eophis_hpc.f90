@@ -48,6 +48,7 @@ module eophis_hpc
 
    type :: route_set_t
       type(route_t), allocatable :: routes(:)
+      integer, allocatable :: peers(:)          !< routes(:)%peer, for the waits' messages
       integer, allocatable :: fills(:, :)       !< (4, n): rects set to 0 before a receive
    end type route_set_t
 
@@ -193,10 +194,11 @@ contains
    ! ===================================================================== waits
    !> Complete ``reqs`` like MPI_Waitall, but give up after the timeout naming the workers
    !> that did not answer (never hang on a dead peer).
-   integer function wait_all(reqs, peers, what) result(status)
+   integer function wait_all(reqs, peers, what, name, note) result(status)
       type(MPI_Request), intent(inout) :: reqs(:)
       integer, intent(in) :: peers(:)
-      character(len=*), intent(in) :: what
+      character(len=*), intent(in) :: what, name
+      character(len=*), intent(in), optional :: note
       logical :: done, one
       real(real64) :: t_end, limit
       integer :: k, polls, ierror
@@ -209,7 +211,7 @@ contains
       do
          call MPI_Testall(size(reqs), reqs, done, MPI_STATUSES_IGNORE, ierror)
          if (ierror /= MPI_SUCCESS) then
-            status = fail(EH_ERR_MPI, what//": MPI_Testall failed")
+            status = fail(EH_ERR_MPI, what//"('"//name//"'): MPI_Testall failed")
             return
          end if
          if (done) return
@@ -224,8 +226,9 @@ contains
          call MPI_Test(reqs(k), one, MPI_STATUS_IGNORE, ierror)
          if (.not. one) late = trim(late)//" "//trim(str(peers(k)))
       end do
-      write (st_msg, '(a,a,a,a,f0.1,a)') what, ": no answer from worker(s)", trim(late), &
-         " after ", limit, " s (a rank stopped or died?); set EOPHIS_HPC_TIMEOUT or " // &
+      if (present(note)) late = trim(late)//" "//note
+      write (st_msg, '(a,a,a,a,a,a,f0.1,a)') what, "('", name, "'): no answer from worker(s)", &
+         trim(late), " after ", limit, " s (a rank stopped or died?); set EOPHIS_HPC_TIMEOUT or " // &
          "eh_set_timeout to wait longer"
       status = EH_ERR_TIMEOUT
    end function wait_all
@@ -726,9 +729,10 @@ contains
       do s = 1, n_sets
          n_routes = int(t(p))
          p = p + 1
-         allocate (st_sets(s)%routes(n_routes))
+         allocate (st_sets(s)%routes(n_routes), st_sets(s)%peers(n_routes))
          do r = 1, n_routes
             st_sets(s)%routes(r)%peer = int(t(p))
+            st_sets(s)%peers(r) = int(t(p))
             n_runs = int(t(p + 1))
             p = p + 2
             st_sets(s)%routes(r)%runs = reshape(int(t(p:p + 4*n_runs - 1)), [4, n_runs])
@@ -856,24 +860,12 @@ contains
       f%bound_addr = transfer(addr, f%bound_addr)
    end function bind_requests
 
-   function peers_of(f) result(peers)
-      type(field_t), intent(in) :: f
-      integer, allocatable :: peers(:)
-      integer :: r
-      associate (routes => st_sets(f%route_set)%routes)
-         allocate (peers(size(routes)))
-         do r = 1, size(routes)
-            peers(r) = routes(r)%peer
-         end do
-      end associate
-   end function peers_of
-
    integer function complete_send(id) result(status)
       integer, intent(in) :: id
       status = EH_OK
       if (.not. st_fields(id)%in_flight) return
-      status = wait_all(st_fields(id)%requests, peers_of(st_fields(id)), &
-         "eh_put('"//st_fields(id)%name//"')")
+      status = wait_all(st_fields(id)%requests, st_sets(st_fields(id)%route_set)%peers, &
+         "eh_put", st_fields(id)%name)
       st_fields(id)%in_flight = .false.
    end function complete_send
 
@@ -933,7 +925,8 @@ contains
                      reqs(r), ierror)
                end do
             end associate
-            status = wait_all(reqs, peers_of(f), "eh_get('"//f%name//"') (not called)")
+            status = wait_all(reqs, st_sets(f%route_set)%peers, "eh_get", f%name, &
+               "(draining an output the model did not get)")
             call free_types(types)
             deallocate (scratch, reqs)
             f%pending = .false.
@@ -946,7 +939,6 @@ contains
       integer, intent(in) :: id, itemsize, n1, n2, nk
       character(len=*), intent(in) :: what
       logical, intent(in) :: contiguous
-      character(len=:), allocatable :: where
       status = EH_OK
       if (.not. st_defined .or. st_closed) then
          status = fail(EH_ERR_STATE, what//": call eh_enddef first (and not after eh_finalize)")
@@ -957,19 +949,18 @@ contains
          return
       end if
       associate (f => st_fields(id))
-         where = what//"('"//f%name//"')"
          if (what == "eh_put" .and. f%direction /= DIR_IN) then
-            status = fail(EH_ERR_ARG, where//": the field is an output of the workers; use eh_get")
+            status = fail(EH_ERR_ARG, what//"('"//f%name//"')"//": the field is an output of the workers; use eh_get")
          else if (what == "eh_get" .and. f%direction /= DIR_OUT) then
-            status = fail(EH_ERR_ARG, where//": the field is an input sent by the model; use eh_put")
+            status = fail(EH_ERR_ARG, what//"('"//f%name//"')"//": the field is an input sent by the model; use eh_put")
          else if (itemsize /= f%itemsize) then
-            status = fail(EH_ERR_ARG, where//": the array is real("//trim(str(itemsize))// &
+            status = fail(EH_ERR_ARG, what//"('"//f%name//"')"//": the array is real("//trim(str(itemsize))// &
                "), the field is declared "//merge("float64", "float32", f%itemsize == 8))
          else if (.not. contiguous) then
-            status = fail(EH_ERR_ARG, where//": the array must be contiguous (a whole array, "// &
+            status = fail(EH_ERR_ARG, what//"('"//f%name//"')"//": the array must be contiguous (a whole array, "// &
                "not a strided section), since MPI reads it in place")
          else if (n1 /= array_nx() .or. n2 /= array_ny() .or. nk < f%levels) then
-            status = fail(EH_ERR_ARG, where//": the array is ("//trim(str(n1))//", "// &
+            status = fail(EH_ERR_ARG, what//"('"//f%name//"')"//": the array is ("//trim(str(n1))//", "// &
                trim(str(n2))//", "//trim(str(nk))//"), expected ("//trim(str(array_nx()))// &
                ", "//trim(str(array_ny()))//", >= "//trim(str(f%levels))// &
                "): the box and its halo (eh_box), and the field's levels")
@@ -1049,7 +1040,7 @@ contains
          status = bind_requests(f, addr, nk, int(n1, int64)*n2*nk*itemsize)
          if (status /= EH_OK) return
          call MPI_Startall(size(f%requests), f%requests, ierror)
-         status = wait_all(f%requests, peers_of(f), "eh_get('"//f%name//"')")
+         status = wait_all(f%requests, st_sets(f%route_set)%peers, "eh_get", f%name)
          f%pending = .false.
       end associate
    end function core_get

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import eophis_hpc as eh
+from coupled_check import stencil  # ((north - south) + 2 (east - west)) + centre, as the Fortran toy
 from eophis_hpc.reference import reference_tile
 
 JUNK_IN, JUNK_OUT = -777.0, -555.0
@@ -24,17 +25,6 @@ def value(grid: eh.Grid, name: str, step: int, levels: int, dtype) -> np.ndarray
     """The global field (levels, ny, nx): integers, exact in float32 too (toy_model.F90's)."""
     k, j, i = np.meshgrid(np.arange(levels), np.arange(grid.ny), np.arange(grid.nx), indexing="ij")
     return (i + 200 * j + 40000 * k + 7 * step + OFFSETS[name]).astype(dtype)
-
-
-def stencil(x: np.ndarray, h: int) -> np.ndarray:
-    """((north - south) + 2 (east - west)) + centre, reading one halo cell on every side."""
-    ny, nx = x.shape[-2:]
-    c = x[..., h:ny - h, h:nx - h]
-    n = x[..., h + 1:ny - h + 1, h:nx - h]
-    s = x[..., h - 1:ny - h - 1, h:nx - h]
-    e = x[..., h:ny - h, h + 1:nx - h + 1]
-    w = x[..., h:ny - h, h - 1:nx - h - 1]
-    return ((n - s) + x.dtype.type(2) * (e - w)) + c
 
 
 def exchanges(cfg) -> list:
