@@ -10,7 +10,7 @@ from .decomposition import Box, Decomposition
 from .grid import Grid
 from .plan import Plan
 from .runtime.schedule import Exchange
-from .transport.mpi import CouplingError
+from .errors import CouplingError
 from .tunnel import Tunnel
 
 

@@ -17,8 +17,9 @@ from .grid import Grid
 from .runtime import handshake
 from .runtime.schedule import FieldSpec
 from .runtime.timings import Timings
-from .transport.mpi import (TAG_CONTROL, TAG_DATA, CouplingError, Link, Receiver, Sender,
-                            default_timeout, install_abort_hook)
+from . import checks
+from .errors import CouplingError, default_timeout, install_abort_hook
+from .transport.mpi import TAG_CONTROL, TAG_DATA, Link, Receiver, Sender
 
 STOP = -1
 STRATEGIES = ("packed", "datatype")
@@ -208,12 +209,8 @@ class Coupler:
         """Refuse NaN/Inf in the rank's box, naming the first one by its global index."""
         bj, bi = self.box.shape
         core = arr[:, offset[0]:offset[0] + bj, offset[1]:offset[1] + bi]
-        bad = ~np.isfinite(core)
-        if bad.any():
-            k, j, i = (int(v) for v in np.argwhere(bad)[0])
-            raise ValueError(f"put({name!r}, step={step}): {core[k, j, i]} at level {k}, global "
-                             f"j={self.box.j0 + j}, i={self.box.i0 + i} (model rank {self.rank}); "
-                             f"{int(bad.sum())} non-finite values in all")
+        checks.check_finite(f"put({name!r}, step={step}): ", core, self.box,
+                            f" (model rank {self.rank})", error=ValueError)
 
     def _check_open(self, what: str) -> None:
         if self._closed:

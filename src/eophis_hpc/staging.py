@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import device
-from .transport.mpi import CouplingError
+from . import checks
+from .errors import CouplingError
 
 
 class TileRows:
@@ -311,30 +312,14 @@ class Feed:
             return self.ad.wrap_host(self.host[kw][r0:r1])
         return self.dev[kw][r0:r1]
 
-    def _offset(self, spec, shape, rows: int, where: str) -> tuple[int, int]:
-        """(0, 0) for outputs without the halo, (h, h) with it; an error for other shapes."""
-        H, W = self.hw
-        h = self.halo
-        core = (rows, spec.levels, H - 2 * h, W - 2 * h)
-        full = (rows, spec.levels, H, W)
-        shape = tuple(int(n) for n in shape)
-        if shape == core:
-            return (0, 0)
-        if shape == full:
-            return (h, h)
-        raise CouplingError(f"output {spec.name!r}{where}: shape {shape}, expected {core} or with "
-                            f"the halo {full}")
-
     def _check(self, spec, chunks: list) -> tuple[tuple[int, int], np.dtype]:
         offset = dtype = None
         multi = len(chunks) > 1
         for r0, r1, value in chunks:
             where = f" (chunk of rows {r0}:{r1})" if multi else ""
-            off = self._offset(spec, value.shape, r1 - r0, where)
-            dt = device.np_dtype(value)
-            if dt not in (np.float32, np.float64):
-                raise CouplingError(f"output {spec.name!r}{where}: dtype {dt} is not "
-                                    "float32/float64")
+            off = checks.output_offset(spec.name, value.shape, r1 - r0, spec.levels, self.hw,
+                                       self.halo, where)
+            dt = checks.output_dtype(spec.name, device.np_dtype(value), where)
             if offset is not None and (off != offset or dt != dtype):
                 raise CouplingError(f"output {spec.name!r}: chunks differ in shape or dtype "
                                     f"({dt}{where} after {dtype})")

@@ -22,8 +22,9 @@ from .grid import Grid
 from .runtime import handshake
 from .runtime.schedule import Exchange, Schedule
 from .runtime.timings import Timings
-from .transport.mpi import (TAG_CONTROL, TAG_DATA, CouplingError, Link, Receiver, Sender,
-                            default_timeout, install_abort_hook, wait_all)
+from . import checks
+from .errors import CouplingError, default_timeout, install_abort_hook
+from .transport.mpi import TAG_CONTROL, TAG_DATA, Link, Receiver, Sender, wait_all
 
 STRATEGIES = ("packed", "datatype")
 TRANSPORTS = ("mpi", "oasis")
@@ -473,11 +474,7 @@ class Tunnel:
             box = self.layout.dst.boxes[d]
             tile = devmod.host_view(target[k], f"output {name!r}")
             own = tile[:, offset[0]:offset[0] + box.j1 - box.j0, offset[1]:offset[1] + box.i1 - box.i0]
-            bad = ~np.isfinite(own)
-            if bad.any():
-                lev, j, i = (int(v) for v in np.argwhere(bad)[0])
-                raise CouplingError(f"output {name!r}: the model returned {own[lev, j, i]} at level "
-                                    f"{lev}, global j={box.j0 + j}, i={box.i0 + i} (tile {d})")
+            checks.check_finite(f"output {name!r}: the model returned ", own, box, f" (tile {d})")
 
     def _teardown(self) -> None:
         for obj in list(self._receivers.values()) + list(self._senders.values()):

@@ -27,7 +27,7 @@ import numpy as np
 from .. import namcouple as nc
 from ..grid import Grid
 from ..runtime.schedule import Exchange
-from ..transport.mpi import CouplingError
+from ..errors import CouplingError
 from ..tunnel import Tunnel as _EhTunnel
 from . import logs
 

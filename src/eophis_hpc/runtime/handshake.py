@@ -15,7 +15,8 @@ import numpy as np
 
 from .. import __version__
 from ..grid import Grid
-from ..transport.mpi import TAG_HANDSHAKE, CouplingError, Link, mpi
+from ..errors import CouplingError
+from ..transport.mpi import TAG_HANDSHAKE, Link, mpi
 from . import client_table
 from .layout import Layout
 from .schedule import Schedule

@@ -33,7 +33,8 @@ import numpy as np
 
 from .. import device, namcouple
 from ..transport import oasis
-from ..transport.mpi import CouplingError
+from .. import checks
+from ..errors import CouplingError
 from .oasis_partition import OASIS_GUIDE_MAX_SEGMENTS, RecvPartition, SendPartition, worker_tiles
 
 _session = None  # this process' OASIS session (one component per process)
@@ -250,17 +251,8 @@ class Endpoint:
         ntl = len(self.tiles)
         H, W = self.read_shape
         h = self.tunnel.halo
-        core = (ntl, spec.levels, H - 2 * h, W - 2 * h)
-        full = (ntl, spec.levels, H, W)
-        if tuple(arr.shape) == core:
-            offset = 0
-        elif tuple(arr.shape) == full:
-            offset = h
-        else:
-            raise CouplingError(f"output {spec.name!r}: shape {tuple(arr.shape)}, expected {core} "
-                                f"or with the halo {full}")
-        if arr.dtype not in (np.float32, np.float64):
-            raise CouplingError(f"output {spec.name!r}: dtype {arr.dtype} is not float32/float64")
+        offset = checks.output_offset(spec.name, arr.shape, ntl, spec.levels, (H, W), h)[0]
+        checks.output_dtype(spec.name, arr.dtype)
         if self.tunnel.check_finite:
             self._check_finite(spec.name, arr, offset)
         wire = np.dtype(spec.dtype)
@@ -278,11 +270,7 @@ class Endpoint:
     def _check_finite(self, name: str, arr: np.ndarray, offset: int) -> None:
         for k, box in enumerate(self.tiles):
             own = arr[k, :, offset:offset + box.j1 - box.j0, offset:offset + box.i1 - box.i0]
-            bad = ~np.isfinite(own)
-            if bad.any():
-                lev, j, i = (int(v) for v in np.argwhere(bad)[0])
-                raise CouplingError(f"output {name!r}: the model returned {own[lev, j, i]} at level "
-                                    f"{lev}, global j={box.j0 + j}, i={box.i0 + i}")
+            checks.check_finite(f"output {name!r}: the model returned ", own, box)
 
     # ------------------------------------------------------------------ exchanges
     def static_exchange(self, e: int) -> None:
