@@ -17,6 +17,8 @@ import subprocess
 from pathlib import Path
 
 CLIENT_DIR = Path(__file__).parent / "fortran_client"
+if not CLIENT_DIR.is_dir():  # an editable install runs from the source tree: the sources' home
+    CLIENT_DIR = Path(__file__).resolve().parents[2] / "ext" / "fortran"
 LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
             "/usr/local/lib")
 # the sonames mpi4py's wheels link against: MPICH ABI and Open MPI
