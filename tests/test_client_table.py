@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 import eophis_hpc as eh
 from eophis_hpc import fortran
-from eophis_hpc.runtime import client_table
-from eophis_hpc.runtime.layout import Layout
+from eophis_hpc.protocol import client_table
+from eophis_hpc.protocol.layout import Layout
 from eophis_hpc.reference import source_points
-from eophis_hpc.runtime.schedule import Schedule
-from eophis_hpc.transport.mpi import TAG_DATA
+from eophis_hpc.protocol.schedule import Schedule
+from eophis_hpc.protocol.wire import TAG_DATA
 
 
 @st.composite

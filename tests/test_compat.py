@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import eophis_hpc as eh
 import eophis_hpc.compat as eophis
-from eophis_hpc import namcouple as nc
+from eophis_hpc.oasis import namcouple as nc
 from eophis_hpc.compat import Domains, Freqs, FortranNamelist, NamelistError
 from eophis_hpc.compat.tunnels import EophisTunnel, from_xyz, grid_from_dict, xyz
 
@@ -181,7 +181,7 @@ def test_router_sees_xyz_views_and_returns_without_copy():
         seen["a"], seen["b"] = a, b
         return {"c": a * 2.0}
 
-    out = t._router(router)(a=batch, b=None, m=batch)
+    out = t.wrap_router(router)(a=batch, b=None, m=batch)
     a = seen["a"]
     assert a.shape == (8, 6, 2) and np.shares_memory(a, batch) and seen["b"] is None
     assert a[3, 2, 1] == batch[0, 1, 2, 3]

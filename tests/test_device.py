@@ -176,7 +176,7 @@ def test_tile_views_remap_without_copies():
 @needs("jax")
 def test_jax_float64_needs_x64():
     with pytest.raises(ValueError, match="jax_enable_x64"):
-        from eophis_hpc.runtime.schedule import Schedule
+        from eophis_hpc.protocol.schedule import Schedule
         from eophis_hpc.staging import Feed
         from eophis_hpc.runtime.timings import Timings
         sched = Schedule([eh.Exchange(inputs=["u"])])
@@ -325,7 +325,7 @@ def test_model_sees_reference_tiles_and_ranks_get_the_global_result(tmp_path, na
 def test_static_exchange_with_outputs_uses_the_land_rows():
     """A static exchange with outputs is called once on the static batches as the model sees
     them (land rows only); land tiles send the fill value back."""
-    from eophis_hpc.runtime.schedule import Schedule
+    from eophis_hpc.protocol.schedule import Schedule
     from eophis_hpc.runtime.timings import Timings
     from eophis_hpc.staging import Feed
     sched = Schedule([eh.Exchange(inputs=["mask", "depth"], outputs=["area"], static=True),
@@ -360,7 +360,7 @@ def test_staged_orchestration_with_torch_on_cpu_streams(monkeypatch, land):
     order the overlap needs, land tiles sending the fill value."""
     import torch
 
-    from eophis_hpc.runtime.schedule import Schedule
+    from eophis_hpc.protocol.schedule import Schedule
     from eophis_hpc.runtime.timings import Timings
     from eophis_hpc.staging import Feed
     log = []

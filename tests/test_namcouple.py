@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eophis_hpc as eh
-from eophis_hpc import namcouple as nc
+from eophis_hpc.oasis import namcouple as nc
 
 TUNNEL = {"label": "TO_EARTH",
           "grids": {"demo": {"npts": (720, 603)}},

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import eophis_hpc as eh
 from eophis_hpc.reference import FILL, reference_tile, source_points
-from eophis_hpc.runtime.oasis_partition import (RecvPartition, SendPartition, eophis_factors,
+from eophis_hpc.oasis.partition import (RecvPartition, SendPartition, eophis_factors,
                                                 oasis_order, worker_tiles)
 
 from strategies import BACKENDS, grids

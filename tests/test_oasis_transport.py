@@ -22,7 +22,7 @@ pyoasis = pytest.importorskip(
                       "OASIS3-MCT from source (see docs/usage.md, 'OASIS transport')")
 
 import eophis_hpc as eh  # noqa: E402
-from eophis_hpc import namcouple as nc  # noqa: E402
+from eophis_hpc.oasis import namcouple as nc  # noqa: E402
 
 from mpi_util import APPS, mpiexec  # noqa: E402
 

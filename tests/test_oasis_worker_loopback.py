@@ -16,7 +16,7 @@ import pytest
 
 import eophis_hpc as eh
 from eophis_hpc.reference import extend, reference_tile
-from eophis_hpc.runtime import oasis_worker
+from eophis_hpc.oasis import engine as oasis_worker
 
 GRID = eh.Grid(16, 10, "cyclic", north="fold", pivot="T", point="T")
 DT = 600
@@ -107,7 +107,7 @@ def make_tunnel(halo, tiles, router):
     def closure(step, **inputs):
         seen["calls"] += 1
         seen["steps"].append(step)
-        ep = tunnel._oasis
+        ep = tunnel.engine
         out = {}
         for name, batch in inputs.items():
             if batch is None or name == "mask":
@@ -140,14 +140,14 @@ def test_worker_loop_through_a_loopback(monkeypatch, workers, tiles, halo, route
         tunnel, seen = make_tunnel(halo, tiles, router)
         session = oasis_worker.OasisSession([tunnel])
         mask = tunnel.receive("mask")  # static: date 0, before the loop
-        ep = tunnel._oasis
+        ep = tunnel.engine
         np.testing.assert_array_equal(
             mask[0], reference_tile(field("M_IN_2", 0, 1), GRID, ep.recv_parts["T"].read_boxes[0], halo))
-        ep.run(steps)
+        ep.run_steps(steps)
         session.close()
         if halo == 0 and tiles is None:  # nothing to reorder or pack: OASIS' memory is the batch's
             assert all(ep.direct.values())
-            assert any(np.shares_memory(b, tunnel.batches["t"]) for b in log["put_buffers"])
+            assert any(np.shares_memory(b, tunnel.engine.batches["t"]) for b in log["put_buffers"])
         # router: one call per step where something is due; models: one per due exchange
         assert seen["calls"] == (steps if router else steps + 3)
     names = [v for v in log["vars"][:5]]

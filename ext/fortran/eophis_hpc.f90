@@ -33,7 +33,7 @@ module eophis_hpc
    character(len=*), parameter, public :: EH_VERSION = "1"
 
    ! the protocol of eophis_hpc.transport.mpi / runtime.handshake / runtime.client_table
-   integer, parameter :: TAG_HANDSHAKE = 7001, TAG_CONTROL = 7002
+   integer, parameter :: TAG_HANDSHAKE = 7001, TAG_CONTROL = 7002, TAG_JOIN = 7003
    integer(int32), parameter :: ROLE_MODEL = 0, ROLE_WORKER = 1
    integer, parameter :: PROTOCOL = 1, TABLE_VERSION = 1
    integer(int64), parameter :: STEP_STATIC = -2_int64, NOTE_STOP = -1_int64
@@ -234,12 +234,17 @@ contains
    end function wait_all
 
    ! ===================================================================== definition phase
-   integer function core_init(comm) result(status)
+   integer function core_init(comm, world) result(status)
       type(MPI_Comm), intent(out) :: comm
+      type(MPI_Comm), intent(in) :: world
       logical :: up
       integer :: wrank, wsize, ierror, r, leader
       integer(int32), allocatable :: codes(:)
       integer(int32) :: mine(1)
+      type(MPI_Request), allocatable :: reqs(:)
+      integer, allocatable :: peers(:)
+      character(len=*), parameter :: never = "(ranks of the job that never reached eh_init or " // &
+         "the workers' Tunnel: their program failed or hangs before coupling, see its output)"
       status = EH_OK
       if (st_init) then
          status = fail(EH_ERR_STATE, "eh_init: called twice")
@@ -250,11 +255,36 @@ contains
          call MPI_Init(ierror)
          st_we_started_mpi = .true.
       end if
-      call MPI_Comm_rank(MPI_COMM_WORLD, wrank, ierror)
-      call MPI_Comm_size(MPI_COMM_WORLD, wsize, ierror)
+      call MPI_Comm_rank(world, wrank, ierror)
+      call MPI_Comm_size(world, wsize, ierror)
       allocate (codes(wsize))
-      mine(1) = ROLE_MODEL
-      call MPI_Allgather(mine, 1, MPI_INT32_T, codes, 1, MPI_INT32_T, MPI_COMM_WORLD, ierror)
+      codes = -1
+      codes(wrank + 1) = ROLE_MODEL
+      ! the join: every rank sends its role to the communicator's rank 0, which sends back the
+      ! table of roles; every wait is bounded and names the ranks that never joined
+      if (wrank == 0) then
+         allocate (reqs(wsize - 1), peers(wsize - 1))
+         do r = 1, wsize - 1
+            peers(r) = r
+            call MPI_Irecv(codes(r + 1), 1, MPI_INT32_T, r, TAG_JOIN, world, reqs(r), ierror)
+         end do
+         status = wait_all(reqs, peers, "eh_init", "join", never)
+         if (status /= EH_OK) return
+         do r = 1, wsize - 1
+            call MPI_Isend(codes, wsize, MPI_INT32_T, r, TAG_JOIN, world, reqs(r), ierror)
+         end do
+         status = wait_all(reqs, peers, "eh_init", "join", never)
+      else
+         allocate (reqs(1), peers(1))
+         peers(1) = 0
+         mine(1) = ROLE_MODEL
+         call MPI_Isend(mine, 1, MPI_INT32_T, 0, TAG_JOIN, world, reqs(1), ierror)
+         status = wait_all(reqs, peers, "eh_init", "join", never)
+         if (status /= EH_OK) return
+         call MPI_Irecv(codes, wsize, MPI_INT32_T, 0, TAG_JOIN, world, reqs(1), ierror)
+         status = wait_all(reqs, peers, "eh_init", "join", never)
+      end if
+      if (status /= EH_OK) return
       leader = -1
       do r = 1, wsize
          if (codes(r) == ROLE_WORKER) then
@@ -268,8 +298,8 @@ contains
             "mpiexec -n P ./model : -n Q python closure.py")
          return
       end if
-      call MPI_Comm_split(MPI_COMM_WORLD, int(ROLE_MODEL), wrank, st_comm, ierror)
-      call MPI_Intercomm_create(st_comm, 0, MPI_COMM_WORLD, leader, TAG_HANDSHAKE, st_inter, &
+      call MPI_Comm_split(world, int(ROLE_MODEL), wrank, st_comm, ierror)
+      call MPI_Intercomm_create(st_comm, 0, world, leader, TAG_HANDSHAKE, st_inter, &
          ierror)
       if (ierror /= MPI_SUCCESS) then
          status = fail(EH_ERR_MPI, "eh_init: MPI_Intercomm_create failed")
@@ -283,13 +313,19 @@ contains
       allocate (st_fields(8))
    end function core_init
 
-   !> Join the coupled job as a model rank: initialises MPI if needed, splits MPI_COMM_WORLD
-   !> with the workers and returns in ``comm`` the communicator the model must use instead of
-   !> MPI_COMM_WORLD. Collective over every rank of the job (the workers' tunnel does the same).
-   subroutine eh_init(comm, ierr)
+   !> Join the coupled job as a model rank: initialises MPI if needed, splits ``world`` (default
+   !> MPI_COMM_WORLD: the communicator holding exactly the model and worker ranks) with the
+   !> workers and returns in ``comm`` the communicator the model must use instead of it.
+   !> Collective over every rank of ``world`` (the workers' tunnel does the same).
+   subroutine eh_init(comm, ierr, world)
       type(MPI_Comm), intent(out) :: comm
       integer, intent(out), optional :: ierr
-      call finish(core_init(comm), ierr)
+      type(MPI_Comm), intent(in), optional :: world
+      if (present(world)) then
+         call finish(core_init(comm, world), ierr)
+      else
+         call finish(core_init(comm, MPI_COMM_WORLD), ierr)
+      end if
    end subroutine eh_init
 
    logical function one_of(value, choices)
@@ -1366,7 +1402,7 @@ contains
       integer(c_int), intent(out) :: comm
       type(MPI_Comm) :: fcomm
       integer :: status
-      status = core_init(fcomm)
+      status = core_init(fcomm, MPI_COMM_WORLD)
       comm = -1
       if (status == EH_OK) comm = int(fcomm%MPI_VAL, c_int)
       eh_c_init = to_c(status)

@@ -9,9 +9,11 @@ from .client import Coupler, connect  # noqa: E402
 from .decomposition import Box, Decomposition
 from .grid import Grid
 from .plan import Plan
-from .runtime.schedule import Exchange
-from .errors import CouplingError
+from .protocol.schedule import Exchange
+from .errors import CouplingError, install_exit_guard
 from .tunnel import Tunnel
+
+install_exit_guard()  # under mpiexec only: a program that ends before coupling ends the job
 
 
 __all__ = ["Box", "Coupler", "CouplingError", "Decomposition", "Exchange", "Grid", "Plan", "Tunnel",

@@ -14,20 +14,18 @@ import numpy as np
 from . import config
 from .decomposition import Decomposition
 from .grid import Grid
-from .runtime import handshake
-from .runtime.schedule import FieldSpec
-from .runtime.timings import Timings
 from . import checks
 from .errors import CouplingError, default_timeout, install_abort_hook
-from .transport.mpi import TAG_CONTROL, TAG_DATA, Link, Receiver, Sender
-
-STOP = -1
-STRATEGIES = ("packed", "datatype")
+from .protocol.schedule import FieldSpec
+from .protocol.wire import STEP_STATIC, STOP_NOTE, TAG_CONTROL, TAG_DATA
+from .runtime.timings import Timings
+from .transport.mpi import Link, Receiver, Sender, handshake, strategies
 
 
 def connect(grid: Grid, box, *, holes: bool = False, fields: dict | None = None,
             strategy: str | None = None, backend: str | None = None,
-            timeout: float | None = None, check_finite: bool = False) -> "Coupler":
+            timeout: float | None = None, check_finite: bool = False,
+            world=None) -> "Coupler":
     """Join the coupled job as a model rank owning ``box`` = (j0, j1, i0, i1) of ``grid`` (or
     give the model's whole Decomposition: rank r of the model communicator takes box r).
 
@@ -35,23 +33,27 @@ def connect(grid: Grid, box, *, holes: bool = False, fields: dict | None = None,
     "dtype": "float64", "direction": "in"|"out"}}`` so that a mismatch with the workers is caught
     at the handshake. ``strategy`` (packed | datatype) defaults to the workers' choice.
     ``timeout`` (seconds, default ``EOPHIS_HPC_TIMEOUT`` or 600) bounds every wait for the
-    workers; ``check_finite`` makes ``put`` refuse NaN/Inf, naming the first bad point.
+    workers, the join included; ``check_finite`` makes ``put`` refuse NaN/Inf, naming the first
+    bad point. ``world`` is the communicator holding exactly the model and worker ranks
+    (default ``COMM_WORLD``), for jobs where the launcher or another library already split it.
     """
     return Coupler(grid, box, holes=holes, fields=fields, strategy=strategy, backend=backend,
-                   timeout=timeout, check_finite=check_finite)
+                   timeout=timeout, check_finite=check_finite, world=world)
 
 
 class Coupler:
     """One model rank's connection to the inference workers."""
 
     def __init__(self, grid: Grid, box, holes=False, fields=None, strategy=None, backend=None,
-                 timeout=None, check_finite=False):
+                 timeout=None, check_finite=False, world=None):
         install_abort_hook()  # a bad argument below must end the MPI job, not strand the workers
         if not isinstance(grid, Grid):
             raise TypeError(f"connect: grid must be an eophis_hpc.Grid, got {type(grid).__name__}")
-        if strategy is not None and strategy not in STRATEGIES:
-            raise ValueError(f"connect: strategy={strategy!r} is not one of {STRATEGIES}")
-        self.link = Link("model")
+        if strategy is not None:
+            strategies.check_name(strategy, "connect")
+        timeout = config.resolve("timeout", timeout, None)
+        self.timeout = default_timeout() if timeout is None else (float(timeout) or None)
+        self.link = Link("model", world=world, timeout=self.timeout)
         self.comm = self.link.comm  # the model's own communicator, to use instead of COMM_WORLD
         if isinstance(box, Decomposition):  # one box per model rank, in rank order
             if len(box.boxes) != self.link.size:
@@ -59,14 +61,13 @@ class Coupler:
                                     f"{self.link.size} model ranks", collective=True)
             holes = holes or box.holes
             box = box.boxes[self.link.rank]
-        self.layout, self.schedule, options = handshake.model_side(self.link, grid, box, holes, fields)
+        self.layout, self.schedule, options = handshake.model_side(self.link, grid, box, holes,
+                                                                   fields, self.timeout)
         self.grid = grid
         self.rank = self.link.rank
         self.box = self.layout.src.boxes[self.rank]
         self.strategy = strategy or options["strategy"]
         self.timings = Timings()
-        timeout = config.resolve("timeout", timeout, None)
-        self.timeout = default_timeout() if timeout is None else (float(timeout) or None)
         self.check_finite = bool(check_finite)
         self._senders: dict[str, Sender] = {}
         self._receivers: dict[str, Receiver] = {}
@@ -95,7 +96,7 @@ class Coupler:
         e = spec.exchange
         ex = self.schedule.exchanges[e]
         if ex.static:
-            step = -2  # static exchanges happen once and carry no step
+            step = STEP_STATIC  # static exchanges happen once and carry no step
         elif not self.schedule.due(e, int(step)):
             return False
         if self._current[e] == step:
@@ -180,7 +181,7 @@ class Coupler:
             raise ValueError(f"get({name!r}): {name!r} is an input sent by the model; use put")
         e = spec.exchange
         ex = self.schedule.exchanges[e]
-        key = -2 if ex.static else step
+        key = STEP_STATIC if ex.static else step
         if not ex.static and not self.schedule.due(e, int(step)):
             return None
         if self._current[e] != key:
@@ -227,7 +228,7 @@ class Coupler:
             s.wait()
         self.link.comm.Barrier()
         if self.link.is_root:
-            note = np.array([STOP, STOP], dtype=np.int64)
+            note = np.array(STOP_NOTE, dtype=np.int64)
             for w in range(self.link.remote_size):
                 self.link.inter.Send(note, dest=w, tag=TAG_CONTROL)
         for obj in list(self._senders.values()) + list(self._receivers.values()):

@@ -11,7 +11,8 @@ import numpy as np
 from .decomposition import Decomposition
 from .grid import Grid
 from .plan import DI, DJ, FOLD, SI, SJ, Plan
-from .transport.mpi import TAG_DATA, Receiver, Route, Sender
+from .protocol.wire import TAG_DATA, Route
+from .transport.mpi import Receiver, Sender
 
 TAG_HALO = TAG_DATA - 500
 

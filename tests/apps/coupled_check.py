@@ -139,7 +139,7 @@ def run_worker(cfg) -> None:
         if cfg.get("kill_worker_at") == step:
             os.kill(os.getpid(), signal.SIGKILL)
         layout = tunnel.layout
-        tiles = layout.tiles_of[tunnel.link.rank]
+        tiles = layout.tiles_of[tunnel.rank]
         out = {}
         for name, batch in inputs.items():
             if name in tunnel.static:
@@ -150,7 +150,7 @@ def run_worker(cfg) -> None:
             for k, d in enumerate(tiles):
                 want = reference_tile(glb, gp, layout.plan(spec.point).read_boxes[d], h, spec.sign)
                 if not np.array_equal(batch[k], want):
-                    raise AssertionError(f"worker {tunnel.link.rank}: tile {d} of {name} at step "
+                    raise AssertionError(f"worker {tunnel.rank}: tile {d} of {name} at step "
                                          f"{step} differs from the reference")
             out[output_name(name)] = stencil(batch, h)
             if cfg.get("missing_output_at") == step:
@@ -193,17 +193,17 @@ def run_worker(cfg) -> None:
             for name in ex.inputs if ex.static else ():
                 got = tunnel.receive(name)
                 glb = field(cfg, name, 0, ex.levels, ex.dtype)
-                for k, d in enumerate(tunnel.layout.tiles_of[tunnel.link.rank]):
+                for k, d in enumerate(tunnel.layout.tiles_of[tunnel.rank]):
                     box = tunnel.layout.plan(g.point).read_boxes[d]
                     if not np.array_equal(got[k], reference_tile(glb, g, box, h)):
                         raise AssertionError(f"static {name}: tile {d} differs")
     tunnel.run()
-    print(f"worker {tunnel.link.rank}: settings strategy={tunnel.strategy} "
+    print(f"worker {tunnel.rank}: settings strategy={tunnel.strategy} "
           f"backend={tunnel.backend} tiles={len(tunnel.layout.dst.boxes)}", flush=True)
     if "rss" in seen:
-        print(f"worker {tunnel.link.rank}: rss growth {seen['rss_last'] - seen['rss']} KiB",
+        print(f"worker {tunnel.rank}: rss growth {seen['rss_last'] - seen['rss']} KiB",
               flush=True)
-    print(f"worker {tunnel.link.rank}: OK after {seen['calls']} calls", flush=True)
+    print(f"worker {tunnel.rank}: OK after {seen['calls']} calls", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 import eophis_hpc as eh
 from coupled_check import exchanges, field, grid_of, output_name, stencil
 from eophis_hpc.reference import extend, reference_tile
-from eophis_hpc.runtime.layout import Layout
+from eophis_hpc.protocol.layout import Layout
 
 
 def mask_of(cfg) -> np.ndarray:
@@ -144,7 +144,7 @@ def run_worker(cfg) -> None:
 
     def closure(step, tiles, **inputs):
         layout = tunnel.layout
-        mine = set(layout.tiles_of[tunnel.link.rank])
+        mine = set(layout.tiles_of[tunnel.rank])
         if set(tiles.tolist()) - mine or set(tiles.tolist()) & land:
             raise AssertionError(f"rows {tiles.tolist()}: not this worker's sea tiles")
         out = {}
@@ -168,7 +168,7 @@ def run_worker(cfg) -> None:
                     want = reference_tile(glb, grid_of(cfg, spec.point),
                                           layout.plan(spec.point).read_boxes[d], h, spec.sign)
                     if not np.array_equal(part[r], want.astype(dtype)):
-                        raise AssertionError(f"worker {tunnel.link.rank}: tile {d} of {name} at "
+                        raise AssertionError(f"worker {tunnel.rank}: tile {d} of {name} at "
                                              f"step {step} differs from the reference")
                 if fw == "torch":  # the framework computes: same operations, same rounding
                     res = stencil(batch[:, c * ex.levels:(c + 1) * ex.levels], h)
@@ -185,21 +185,21 @@ def run_worker(cfg) -> None:
         tunnel.model(closure)
     mask = tunnel.receive("mask")
     if cfg.get("land_rect"):  # the static field as the model sees it: sea rows only
-        sea = [d for d in tunnel.layout.tiles_of[tunnel.link.rank] if d not in land]
+        sea = [d for d in tunnel.layout.tiles_of[tunnel.rank] if d not in land]
         if to_host(mask, fw).shape[0] != len(sea):
             raise AssertionError(f"receive('mask'): {to_host(mask, fw).shape[0]} rows, "
                                  f"{len(sea)} sea tiles")
     tunnel.run()
-    sea = [d for d in tunnel.layout.tiles_of[tunnel.link.rank] if d not in land]
+    sea = [d for d in tunnel.layout.tiles_of[tunnel.rank] if d not in land]
     want_calls = min(cfg.get("chunks", 1), len(sea))
     for key, calls in seen.items():
         if sorted(t for c in calls for t in c) != sea or len(calls) != want_calls:
             raise AssertionError(f"{key}: the model saw tiles {calls}, expected {sea} in "
                                  f"{want_calls} chunks")
-    if tunnel.link.rank == 0:
+    if tunnel.rank == 0:
         print(tunnel.describe(), flush=True)
         print("phases:", " ".join(sorted(tunnel.timings.total)), flush=True)
-    print(f"worker {tunnel.link.rank}: OK after {len(seen)} occurrences", flush=True)
+    print(f"worker {tunnel.rank}: OK after {len(seen)} occurrences", flush=True)
 
 
 if __name__ == "__main__":

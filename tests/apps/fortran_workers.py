@@ -50,19 +50,19 @@ def run_worker(cfg) -> None:
             spec = tunnel.schedule.fields[name]
             glb = value(grid, name, step, spec.levels, spec.dtype)
             plan = tunnel.layout.plan(spec.point)
-            for k, d in enumerate(tunnel.layout.tiles_of[tunnel.link.rank]):
+            for k, d in enumerate(tunnel.layout.tiles_of[tunnel.rank]):
                 want = reference_tile(glb, grid.with_point(spec.point), plan.read_boxes[d], h,
                                       spec.sign)
                 if not np.array_equal(batch[k], want):
                     bad = np.argwhere(batch[k] != want)[0].tolist()
-                    raise AssertionError(f"worker {tunnel.link.rank}: tile {d} of {name} at step "
+                    raise AssertionError(f"worker {tunnel.rank}: tile {d} of {name} at step "
                                          f"{step} differs from the reference at {bad}")
             out["s" + name] = stencil(batch, h)
         calls["n"] += 1
         return out
 
     tunnel.run()
-    print(f"worker {tunnel.link.rank}: OK after {calls['n']} calls", flush=True)
+    print(f"worker {tunnel.rank}: OK after {calls['n']} calls", flush=True)
 
 
 def run_model(cfg) -> None:

@@ -39,7 +39,7 @@ def main(cfg: dict) -> None:
 
     def check(name: str, batch: np.ndarray, date: int) -> None:
         spec = tunnel.schedule.fields[name]
-        ep = tunnel._oasis
+        ep = tunnel.engine
         glb = field(cfg, name, date, spec.levels)
         gp = grid.with_point(spec.point)
         for k, rb in enumerate(ep.recv_parts[spec.point].read_boxes):

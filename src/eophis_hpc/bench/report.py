@@ -242,7 +242,7 @@ class Bench:
                      f"[{time.perf_counter() - t0:.1f} s]")
 
     def run_oasis(self) -> None:
-        from ..transport import oasis
+        from ..oasis import component as oasis
         if not oasis.available():
             self.notes["oasis"] = (
                 "skipped: pyoasis (OASIS3-MCT's Python API, built from source with OASIS3-MCT) "

@@ -15,7 +15,7 @@ import numpy as np
 from .. import device
 from ..decomposition import Decomposition
 from ..grid import Grid
-from ..runtime.schedule import Exchange, Schedule
+from ..protocol.schedule import Exchange, Schedule
 from ..runtime.timings import Timings
 from ..staging import Feed
 

@@ -24,9 +24,9 @@ import os
 
 import numpy as np
 
-from .. import namcouple as nc
+from ..oasis import namcouple as nc
 from ..grid import Grid
-from ..runtime.schedule import Exchange
+from ..protocol.schedule import Exchange
 from ..errors import CouplingError
 from ..tunnel import Tunnel as _EhTunnel
 from . import logs
@@ -206,7 +206,7 @@ class EophisTunnel:
         self._static_used[var_label] = True
         return xyz(batch)
 
-    def _router(self, router):
+    def wrap_router(self, router):
         """The user's router as an eh.Tunnel router: (x, y, z) views in, batches out."""
         arriving = self.arriving_list()
         outputs = set(self.departure_list())
@@ -310,7 +310,7 @@ def open_tunnels() -> None:
         return
     tunnels = _Registry.tunnels
     if get_transport() == "oasis":
-        from ..runtime import oasis_worker
+        from ..oasis import engine as oasis_worker
         _Registry.session = oasis_worker.open_session(
             [t.tunnel for t in tunnels], component=COMPONENT, labels=[t.label for t in tunnels],
             geo_aliases=[t.raw["geo_aliases"] for t in tunnels],
@@ -320,7 +320,7 @@ def open_tunnels() -> None:
         for t in tunnels:
             t.tunnel.open()
         if tunnels:
-            logs.set_rank(tunnels[0].tunnel.link.rank)
+            logs.set_rank(tunnels[0].tunnel.rank)
     _Registry.opened = True
 
 
@@ -333,7 +333,7 @@ def close_tunnels(reread: bool = True) -> None:
     """End the coupling environment and forget the registered tunnels."""
     logs.info("\n  Closing tunnels")
     if _Registry.session is not None:
-        from ..runtime import oasis_worker
+        from ..oasis import engine as oasis_worker
         oasis_worker.close_session()
     _Registry.tunnels = []
     _Registry.opened = False
@@ -368,12 +368,12 @@ def all_in_all_out(geo_model, step, niter):
             if not tunnels_ready():
                 logs.abort("Static variables must be exchanged before starting any loop")
             eh_tunnel = geo_model.tunnel
-            eh_tunnel.router(geo_model._router(router))
+            eh_tunnel.router(geo_model.wrap_router(router))
             if geo_model.transport == "oasis":
-                from ..runtime import oasis_worker
-                ep = eh_tunnel._oasis
+                from ..oasis import engine as oasis_worker
+                engine = eh_tunnel.engine
                 for it in range(int(niter)):
-                    oasis_worker.guarded(ep, lambda it=it: ep.step(int(step * it)))
+                    oasis_worker.guarded(engine.rank, lambda it=it: engine.step(int(step * it)))
             else:
                 eh_tunnel.run()
             logs.info(f"Router called {geo_model.calls} times")
@@ -386,7 +386,7 @@ def reset() -> None:
     """Back to the state of a fresh import: no tunnel, production mode, transport from the
     environment, logs forgotten (for tests and notebooks)."""
     if _Registry.session is not None:
-        from ..runtime import oasis_worker
+        from ..oasis import engine as oasis_worker
         oasis_worker.close_session()
     _Registry.tunnels, _Registry.opened, _Registry.session = [], False, None
     _Registry.transport = None

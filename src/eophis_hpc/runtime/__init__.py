@@ -1,1 +1,1 @@
-"""Runtime pieces shared by the model client and the workers: schedule, layout, handshake, timings."""
+"""The worker runtime (layer 7): the engine interface, the MPI engine, the model invoker, timings."""

@@ -1,23 +1,26 @@
-"""The workers' loop over OASIS3-MCT (``Tunnel(..., transport="oasis")``), Eophis style.
+"""The OASIS engine of a tunnel (``Tunnel(..., transport="oasis")``): the workers' loop over
+OASIS3-MCT, Eophis style.
 
 The model side is the user's own OASIS code (e.g. NEMO's ``cpl_oasis3``); no eophis_hpc code runs
 there. Every worker process is one rank of the OASIS component (default name ``eophis``) and,
 for each tunnel:
 
 - receives each input through an ``OrangePartition`` holding its tiles with their halo (cyclic
-  wrap and north fold resolved, :mod:`eophis_hpc.runtime.oasis_partition`), a bundle of
-  ``levels`` fields, then reorders the buffer into the batch ``(tiles, levels, H + 2h, W + 2h)``
-  with the compiled kernels (or ``get``s straight into the batch when there is nothing to
-  reorder: one tile whose halo lies inside the grid);
-- calls the tunnel's model (``@tunnel.model``) or router (``@tunnel.router``) exactly as the MPI
-  transport does;
+  wrap and north fold resolved, :mod:`.partition`), a bundle of ``levels`` fields, then reorders the buffer into
+  the batch ``(tiles, levels, H + 2h, W + 2h)`` with the compiled kernels (or ``get``s straight
+  into the batch when there is nothing to reorder: one tile whose halo lies inside the grid);
+  batches that are not one plain host array (stacked inputs, land tiles left out) take one more
+  copy from that batch;
+- calls the tunnel's model (``@tunnel.model``) or router (``@tunnel.router``) through the same
+  :class:`~eophis_hpc.runtime.invoker.Invoker` and :class:`~eophis_hpc.staging.Feed` as the MPI
+  engine (framework, device, chunks, stack, land, ``tiles`` and ``step`` keywords);
 - sends each output's own boxes back through a ``BoxPartition`` (one tile per worker, Eophis'
   decomposition) or an ``OrangePartition`` (several tiles), without a copy when the output
   already is the box's memory.
 
 OASIS has no "next exchange" message: the loop runs ``steps`` iterations, iteration ``it`` at
 date ``it * dt`` seconds, and exchanges what the tunnel's schedule says is due (the namcouple
-written by :mod:`eophis_hpc.namcouple` gives OASIS the same periods). Static fields are received
+written by :mod:`.namcouple` gives OASIS the same periods). Static fields are received
 at date 0, before the loop. Variables are named ``M_IN_n`` / ``M_OUT_n`` (n counted over all the
 fields of all the tunnels, as Eophis) unless aliases are given.
 """
@@ -31,11 +34,14 @@ from fractions import Fraction
 
 import numpy as np
 
-from .. import device, namcouple
-from ..transport import oasis
-from .. import checks
-from ..errors import CouplingError
-from .oasis_partition import OASIS_GUIDE_MAX_SEGMENTS, RecvPartition, SendPartition, worker_tiles
+from .. import checks, staging
+from .. import device as devmod
+from ..errors import CouplingError, mark_coupled
+from ..runtime.engine import Engine
+from ..runtime.invoker import Invoker
+from . import component as oasis
+from . import namcouple
+from .partition import OASIS_GUIDE_MAX_SEGMENTS, RecvPartition, SendPartition, worker_tiles
 
 _session = None  # this process' OASIS session (one component per process)
 
@@ -68,21 +74,23 @@ class OasisSession:
         fields = namcouple.coupling_fields(dicts)
         self.fields = fields
         self.component = oasis.Component(component, communicator)
+        mark_coupled()
         comm = self.component.localcomm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.tunnels = tunnels
-        self.endpoints = []
+        self.engines = {}  # id(tunnel) -> its OasisEngine, attached to this session
         pos = 0
         for tnl in tunnels:
             count = len(tnl.schedule.fields)
             aliases = {f.name: f.py_alias for f in fields[pos:pos + count]}
             pos += count
-            ep = Endpoint(tnl, self, aliases)
-            tnl._oasis = ep
-            self.endpoints.append(ep)
+            eng = tnl.engine if isinstance(tnl.engine, OasisEngine) else OasisEngine(tnl)
+            eng.attach(self, aliases)
+            tnl.engine = eng
+            self.engines[id(tnl)] = eng
         self.component.enddef()
-        for ep in self.endpoints:
-            ep.check_periods()
+        for eng in self.engines.values():
+            eng.check_periods()
         self.closed = False
 
     def close(self) -> None:
@@ -111,71 +119,52 @@ def close_session() -> None:
         _session = None
 
 
-def _endpoint(tunnel) -> "Endpoint":
-    ep = getattr(tunnel, "_oasis", None)
-    if ep is None:
-        open_session([tunnel])
-        ep = tunnel._oasis
-        ep.own_session = True
-    return ep
-
-
-# ---------------------------------------------------------------------- Tunnel entry points
-def open_tunnel(tunnel) -> None:
-    """``Tunnel.open()`` with ``transport="oasis"``: a session of its own unless the tunnel was
-    opened with others by :func:`open_session`."""
-    _endpoint(tunnel)
-
-
-def receive(tunnel, name: str):
-    """``Tunnel.receive(name)``: a static field's batch, received at date 0."""
-    ep = _endpoint(tunnel)
-    ep.static_exchange(tunnel.schedule.fields[name].exchange)
-    return device.to_framework(tunnel.static[name], tunnel.framework)
-
-
-def run(tunnel, steps: int | None = None) -> dict:
-    """``Tunnel.run(steps)``: static exchanges, then ``steps`` iterations at dates ``it * dt``.
-    Any error ends the whole MPI job (the other OASIS components would wait forever)."""
-    if steps is None or isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError("transport='oasis': run(steps=N) needs the number of model time steps "
-                         "(OASIS sends no end-of-run message)")
-    ep = _endpoint(tunnel)
-    guarded(ep, lambda: ep.run(steps))
-    summary = tunnel.timings.summary()
-    if getattr(ep, "own_session", False):
-        close_session()
-    return summary
-
-
-def guarded(ep, fn):
+def guarded(rank, fn):
     """Run ``fn``; on an exception, print it and abort the whole MPI job."""
     try:
         return fn()
     except Exception as exc:
         tb = traceback.format_exc()
-        print(f"eophis_hpc OASIS worker {ep.rank}: aborting the coupled job: "
+        print(f"eophis_hpc OASIS worker {rank}: aborting the coupled job: "
               f"{type(exc).__name__}: {exc}\n{tb}", file=sys.stderr, flush=True)
         time.sleep(0.5)
         from mpi4py import MPI
         MPI.COMM_WORLD.Abort(1)
 
 
-# ---------------------------------------------------------------------- one tunnel
-class Endpoint:
-    """One tunnel's OASIS side on this worker: partitions, variables, buffers, the loop."""
 
-    def __init__(self, tunnel, session: OasisSession, aliases: dict):
-        self.tunnel, self.session = tunnel, session
-        self.rank = session.rank
+# ---------------------------------------------------------------------- one tunnel
+class OasisEngine(Engine):
+    """One tunnel's OASIS side on this worker: partitions, variables, the feed, the loop."""
+
+    def __init__(self, tunnel):
+        super().__init__(tunnel)
+        self.session = None
         self.own_session = False
+
+    # ------------------------------------------------------------------ set-up
+    def open(self) -> None:
+        """A session of its own unless the tunnel was opened with others by
+        :func:`open_session`."""
+        if self.session is None:
+            open_session([self.tunnel])
+            self.own_session = True
+
+    def attach(self, session: OasisSession, aliases: dict) -> None:
+        """Define this tunnel's partitions and variables in ``session`` (before its enddef)
+        and make the batches."""
+        tnl = self.tunnel
+        self.session, self.rank = session, session.rank
         comp = session.component
-        grid, sched = tunnel.grid, tunnel.schedule
-        self.tiles = worker_tiles(grid, session.size, tunnel.n_tiles)[session.rank]
+        grid, sched = tnl.grid, tnl.schedule
+        every = worker_tiles(grid, session.size, tnl.n_tiles)
+        self.tiles = every[session.rank]
+        first = sum(len(t) for t in every[:session.rank])
+        tile_ids = list(range(first, first + len(self.tiles)))  # global tile indices
         self.dt = Fraction(sched.dt)
+        h = tnl.halo
         points = sorted({s.point for s in sched.fields.values() if s.direction == "in"})
-        self.recv_parts = {p: RecvPartition(grid.with_point(p), self.tiles, tunnel.halo)
-                           for p in points}
+        self.recv_parts = {p: RecvPartition(grid.with_point(p), self.tiles, h) for p in points}
         self.send_part = SendPartition(grid, self.tiles)
         # one OASIS partition per point type, defined in the same order on every worker
         oasis_in = {p: comp.orange_partition(rp.offsets, rp.sizes, rp.global_size)
@@ -191,29 +180,38 @@ class Endpoint:
         if any(s.direction == "out" for s in sched.fields.values()):
             oasis_out = (comp.box_partition(*sp.box, sp.global_size) if sp.box is not None else
                          comp.orange_partition(sp.offsets, sp.sizes, sp.global_size))
-        self.vars, self.bufs, self.direct = {}, {}, {}
-        tunnel.batches = {}
+        self.read_shape = (next(iter(self.recv_parts.values())).shape if self.recv_parts else
+                           (max(b.j1 - b.j0 for b in self.tiles) + 2 * h,
+                            max(b.i1 - b.i0 for b in self.tiles) + 2 * h))
+        # OASIS delivers to host memory: staged (pinned) or host policy, never CUDA-aware MPI
+        self.policy = devmod.staging_policy(tnl.framework, tnl.device, cuda_aware=False)
+        self.feed = staging.Feed(sched, tile_ids, self.tiles, self.read_shape,
+                                 h, tnl.dtype, self.policy, tnl.chunks, tnl.stack, tnl.land,
+                                 tnl.fill, self.timings)
+        self.invoker = Invoker(sched, tnl.registry, self.feed, self.tiles, tile_ids,
+                               check_finite=False)
+        self.vars, self.bufs, self.direct, self.batches = {}, {}, {}, {}
         for spec in sorted(sched.fields.values(), key=lambda s: s.index):
             wire = np.dtype(spec.dtype)
             alias = aliases[spec.name]
             if spec.direction == "in":
                 rp = self.recv_parts[spec.point]
-                dtype = tunnel.dtype if tunnel.dtype is not None else wire
-                batch = rp.new_batch(spec.levels, dtype)
-                tunnel.batches[spec.name] = batch
+                dtype = tnl.dtype if tnl.dtype is not None else wire
+                target = self.feed.recv_target(spec.name)
+                plain = (isinstance(target, np.ndarray) and target.flags.c_contiguous
+                         and target.shape == (len(self.tiles), spec.levels) + rp.shape)
+                # the batch OASIS' buffer is reordered into: the feed's own, when it is plain
+                self.batches[spec.name] = target if plain else rp.new_batch(spec.levels, dtype)
                 self.vars[spec.name] = comp.variable(alias, oasis_in[spec.point], "in",
                                                      spec.levels)
-                direct = rp.is_identity and dtype == wire
+                direct = plain and rp.is_identity and dtype == wire
                 self.direct[spec.name] = direct
-                self.bufs[spec.name] = (batch[0].reshape(spec.levels, -1).T if direct
+                self.bufs[spec.name] = (target[0].reshape(spec.levels, -1).T if direct
                                         else rp.new_buffer(spec.levels, wire))
             else:
                 self.vars[spec.name] = comp.variable(alias, oasis_out, "out", spec.levels)
                 self.bufs[spec.name] = sp.new_buffer(spec.levels, wire)
         self.static_done: set[int] = set()
-        h = tunnel.halo
-        self.read_shape = next(iter(self.recv_parts.values())).shape if self.recv_parts else \
-            (max(b.j1 - b.j0 for b in self.tiles) + 2 * h, max(b.i1 - b.i0 for b in self.tiles) + 2 * h)
 
     def check_periods(self) -> None:
         """Compare OASIS' coupling periods (from the namcouple) with the tunnel's, field by field,
@@ -231,48 +229,61 @@ class Endpoint:
                                     f"{periods[0]} s, the tunnel {want} s: write the namcouple "
                                     "again (preproduction)")
 
+    def describe(self) -> str:
+        return f"staging: {self.policy.describe()}; chunks={self.tunnel.chunks} (OASIS)"
+
     # ------------------------------------------------------------------ moving fields
     def date(self, step: int) -> int:
         return int(step * self.dt)
 
     def _get(self, spec, date: int) -> None:
         t0 = time.perf_counter()
+        tnl = self.tunnel
         buf = self.bufs[spec.name]
         self.vars[spec.name].get(date, buf)
+        batch = self.batches[spec.name]
         if not self.direct[spec.name]:
-            self.recv_parts[spec.point].apply(buf, self.tunnel.batches[spec.name], spec.sign,
-                                              self.tunnel.fill, self.tunnel.backend)
-        self.tunnel.timings.add("recv", time.perf_counter() - t0)
-        self.tunnel.timings.add_bytes(spec.name, buf.nbytes)
+            self.recv_parts[spec.point].apply(buf, batch, spec.sign, tnl.fill, tnl.backend)
+        target = self.feed.recv_target(spec.name)
+        if target is not batch:  # stacked channels or land tiles left out: one more copy
+            for k in range(len(self.tiles)):
+                row = target[k]
+                if row is not None:
+                    row[...] = batch[k]
+        self.timings.add("recv", time.perf_counter() - t0)
+        self.timings.add_bytes(spec.name, buf.nbytes)
 
-    def _put(self, spec, value, date: int) -> None:
+    def _put(self, spec, target, offset, date: int) -> None:
         t0 = time.perf_counter()
-        arr = device.to_host(value, f"output {spec.name!r}")
+        tnl = self.tunnel
         ntl = len(self.tiles)
-        H, W = self.read_shape
-        h = self.tunnel.halo
-        offset = checks.output_offset(spec.name, arr.shape, ntl, spec.levels, (H, W), h)[0]
-        checks.output_dtype(spec.name, arr.dtype)
-        if self.tunnel.check_finite:
-            self._check_finite(spec.name, arr, offset)
+        if isinstance(target, np.ndarray):
+            arr = target
+        else:  # chunks or land rows: the tiles in order, gathered once
+            arr = np.stack([devmod.host_view(target[k], f"output {spec.name!r}")
+                            for k in range(ntl)])
+        arr = devmod.to_host(arr, f"output {spec.name!r}")
+        if tnl.check_finite:
+            self.invoker.check_finite(spec.name, arr, offset)
         wire = np.dtype(spec.dtype)
         b = self.tiles[0]
-        if (ntl == 1 and offset == 0 and arr.shape[2:] == (b.j1 - b.j0, b.i1 - b.i0)
+        if (ntl == 1 and offset == (0, 0) and arr.shape[2:] == (b.j1 - b.j0, b.i1 - b.i0)
                 and arr.dtype == wire and arr.flags.c_contiguous):
             buf = arr[0].reshape(spec.levels, -1).T  # the box's own memory: no copy
         else:
             buf = self.bufs[spec.name]
-            self.send_part.pack(np.ascontiguousarray(arr), buf, offset, self.tunnel.backend)
+            self.send_part.pack(np.ascontiguousarray(arr), buf, offset[0], tnl.backend)
         self.vars[spec.name].put(date, buf)
-        self.tunnel.timings.add("send", time.perf_counter() - t0)
-        self.tunnel.timings.add_bytes(spec.name, buf.nbytes)
-
-    def _check_finite(self, name: str, arr: np.ndarray, offset: int) -> None:
-        for k, box in enumerate(self.tiles):
-            own = arr[k, :, offset:offset + box.j1 - box.j0, offset:offset + box.i1 - box.i0]
-            checks.check_finite(f"output {name!r}: the model returned ", own, box)
+        self.timings.add("send", time.perf_counter() - t0)
+        self.timings.add_bytes(spec.name, buf.nbytes)
 
     # ------------------------------------------------------------------ exchanges
+    def receive_static(self, name: str):
+        """A static field's batch, received at date 0, as the model sees it."""
+        self.open()
+        self.static_exchange(self.tunnel.schedule.fields[name].exchange)
+        return self.feed.static_field(name)
+
     def static_exchange(self, e: int) -> None:
         """Receive (once) the inputs of static exchange ``e`` at date 0; call the model and send
         its outputs if it has any."""
@@ -284,12 +295,18 @@ class Endpoint:
             return
         for spec in tnl.schedule.inputs_of(e):
             self._get(spec, 0)
-            tnl.static[spec.name] = tnl.batches[spec.name]
+            self.static[spec.name] = self.feed.recv_target(spec.name)
+        self.feed.static_received(e)
         if ex.outputs:
-            outputs = tnl._call_model(e, 0)
-            for spec in tnl.schedule.outputs_of(e):
-                self._put(spec, outputs[spec.name], 0)
+            self._call([e], 0, 0)
         self.static_done.add(e)
+
+    def _call(self, group: list[int], step: int, date: int) -> None:
+        t0 = time.perf_counter()
+        targets = self.invoker.call(group, step)
+        self.timings.add("model", time.perf_counter() - t0)
+        for spec in self.invoker.outputs(group):
+            self._put(spec, *targets[spec.name], date)
 
     def static_ready(self) -> bool:
         return all(e in self.static_done for e, ex in enumerate(self.tunnel.exchanges)
@@ -304,30 +321,32 @@ class Endpoint:
                if not ex.static and tnl.schedule.due(e, step)]
         if not due:
             return due
-        if tnl._router is not None:
-            for e in due:
-                for spec in tnl.schedule.inputs_of(e):
-                    self._get(spec, date)
-            t0 = time.perf_counter()
-            outputs = tnl._call_router(due, step)
-            tnl.timings.add("model", time.perf_counter() - t0)
-            for e in due:
-                for spec in tnl.schedule.outputs_of(e):
-                    self._put(spec, outputs[spec.name], date)
-            return due
-        for e in due:
-            for spec in tnl.schedule.inputs_of(e):
+        if not self.feed.land_ready:
+            raise CouplingError(f"land={tnl.land!r}: the static field must be received before "
+                                f"step {step}")
+        groups = [due] if tnl.registry.router is not None else [[e] for e in due]
+        for group in groups:
+            for spec in self.invoker.due_inputs(group):
                 self._get(spec, date)
-            t0 = time.perf_counter()
-            outputs = tnl._call_model(e, step)
-            tnl.timings.add("model", time.perf_counter() - t0)
-            for spec in tnl.schedule.outputs_of(e):
-                self._put(spec, outputs[spec.name], date)
+            self._call(group, step, date)
         return due
 
-    def run(self, steps: int) -> None:
+    def run_steps(self, steps: int) -> None:
         for e, ex in enumerate(self.tunnel.exchanges):
             if ex.static:
                 self.static_exchange(e)
         for it in range(steps):
             self.step(it)
+
+    def serve(self, steps: int | None) -> dict:
+        """Static exchanges, then ``steps`` iterations at dates ``it * dt``. Any error ends the
+        whole MPI job (the other OASIS components would wait forever)."""
+        if steps is None or isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError("transport='oasis': run(steps=N) needs the number of model time "
+                             "steps (OASIS sends no end-of-run message)")
+        self.open()
+        guarded(self.rank, lambda: self.run_steps(steps))
+        summary = self.timings.summary()
+        if self.own_session:
+            close_session()
+        return summary

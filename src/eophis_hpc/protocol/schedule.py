@@ -8,7 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-POINTS = ("T", "U", "V", "F")
+from ..grid import POINTS
+
 
 
 @dataclass

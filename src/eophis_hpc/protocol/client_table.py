@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..transport.mpi import TAG_DATA
+from .wire import TAG_DATA
 from .layout import Layout
 from .schedule import Schedule
 

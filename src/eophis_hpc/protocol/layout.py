@@ -7,7 +7,7 @@ import numpy as np
 from ..decomposition import Decomposition, split_balanced
 from ..grid import Grid
 from ..plan import Plan
-from ..transport.mpi import Route
+from .wire import Route
 
 
 class Layout:

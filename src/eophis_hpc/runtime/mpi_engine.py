@@ -1,0 +1,237 @@
+"""The MPI engine of a tunnel: the workers' loop over MPI (layer 7).
+
+The loop: wait for the model root's note naming the next exchange and step, complete the
+pre-posted receives of its inputs (halos already filled by the plan), call the model through the
+:class:`~.invoker.Invoker` on the batch ``(tiles, levels, H + 2h, W + 2h)``, send each output's
+own boxes back, post the receives for the next occurrence. Buffers and MPI requests are made
+once, before the first step.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from .. import device as devmod
+from .. import staging
+from ..errors import CouplingError
+from ..protocol.wire import TAG_CONTROL, TAG_DATA
+from ..transport.mpi import Link, Receiver, Sender, wait_all
+from ..transport.mpi import handshake
+from ..transport.mpi import strategies
+from .engine import Engine
+from .invoker import Invoker
+
+
+class MpiEngine(Engine):
+    """Serves a tunnel's declaration to model ranks over MPI (``Tunnel(transport="mpi")``)."""
+
+    def __init__(self, tunnel):
+        super().__init__(tunnel)
+        self.link = None
+        self.notes: list[str] = []  # choices made for the user (strategy switches)
+        self.policy = tunnel.policy
+        self.feed = None
+        self.held_note = None
+
+    # ------------------------------------------------------------------ set-up
+    def open(self) -> None:
+        """Join the coupled job: handshake with the model ranks, make the buffers and persistent
+        requests, post the first receives."""
+        if self.link is not None:
+            return
+        tnl = self.tunnel
+        self.link = Link("worker", world=tnl.world, timeout=tnl.timeout)
+        self.rank = self.link.rank
+        options = {"strategy": tnl.strategy}
+        self.layout = handshake.worker_side(self.link, tnl.grid, tnl.halo, tnl.schedule,
+                                            self._tiles_wanted(), options, tnl.timeout)
+        w = self.link.rank
+        tiles = self.layout.tiles_of[w]
+        boxes = [self.layout.dst.boxes[d] for d in tiles]
+        self.policy = devmod.staging_policy(tnl.framework, tnl.device)  # MPI is loaded now
+        self.feed = staging.Feed(tnl.schedule, tiles, boxes, self.layout.batch_shape, tnl.halo,
+                                 tnl.dtype, self.policy, tnl.chunks, tnl.stack, tnl.land, tnl.fill,
+                                 self.timings)
+        self.invoker = Invoker(tnl.schedule, tnl.registry, self.feed, boxes, tiles,
+                               tnl.check_finite)
+        self.receivers, self.senders = {}, {}
+        common = {"backend": tnl.backend, "timeout": tnl.timeout, "peer_label": "model rank"}
+        for spec in tnl.schedule.fields.values():
+            tag = TAG_DATA + spec.index
+            wire = np.dtype(spec.dtype)
+            if spec.direction == "in":
+                batch_dtype = tnl.dtype if tnl.dtype is not None else wire
+                why = self.feed.not_plain(spec.name) or (
+                    f"cast {wire} -> {batch_dtype}" if batch_dtype != wire else None)
+                strategy = self._strategy_for(spec.name, why)
+                rcv = Receiver(self.link.inter, self.layout.worker_recv_routes(spec.point, w),
+                               spec.levels, wire, tag, strategy,
+                               fills=self.layout.worker_fills(spec.point, w), fill=tnl.fill,
+                               name=f"worker {w}: receiving {spec.name!r}",
+                               **{**common, **self.feed.recv_options()})
+                rcv.bind(self.feed.recv_target(spec.name))
+                self.receivers[spec.name] = rcv
+            else:
+                strategy = self._strategy_for(spec.name, self.feed.outputs_not_plain())
+                self.senders[spec.name] = Sender(
+                    self.link.inter, self.layout.worker_send_routes(spec.point, w), spec.levels,
+                    wire, tag, strategy, name=f"worker {w}: sending {spec.name!r}",
+                    **{**common, **self.feed.send_options()})
+        for e in range(len(tnl.exchanges)):
+            self._post(e)
+        self.note = np.empty(2, dtype=np.int64)
+
+    def _strategy_for(self, name: str, why: str | None) -> str:
+        """The tunnel's strategy, or the registry's fallback (noted) where it works in place
+        and the batch is not a plain host array (``why``)."""
+        chosen, note = strategies.for_field(self.tunnel.strategy, why)
+        if note:
+            self.notes.append(f"{name!r}: {note}")
+        return chosen
+
+    def _tiles_wanted(self) -> int | None:
+        """Total tiles: the ``tiles`` argument, else ``tiles_per_worker`` from the settings file
+        times the workers, else one per worker."""
+        tnl = self.tunnel
+        if tnl.n_tiles is not None:
+            return tnl.n_tiles
+        per = tnl.settings.get("tiles_per_worker")
+        return None if per is None else per * self.link.size
+
+    def _post(self, e: int) -> None:
+        for spec in self.tunnel.schedule.inputs_of(e):
+            self.receivers[spec.name].post(self.feed.recv_target(spec.name))
+
+    def describe(self) -> str:
+        """The staging policy in force and the choices made for this tunnel."""
+        tnl = self.tunnel
+        lines = [f"staging: {self.policy.describe()}; chunks={tnl.chunks}"
+                 + (f"; land tiles left out by {tnl.land!r}" if tnl.land else "")]
+        lines += [f"  {note}" for note in dict.fromkeys(self.notes)]
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ serving
+    def receive_static(self, name: str):
+        self.open()
+        exchanges = self.tunnel.exchanges
+        while name not in self.static:
+            e, step = self._next_note()
+            if e < 0 or not exchanges[e].static:
+                self.held_note = (e, step)
+                raise CouplingError(f"Tunnel.receive({name!r}): the model ranks did not send it "
+                                    f"before {'closing' if e < 0 else f'step {step}'}")
+            self._occurrence([e], step)
+        return self.feed.static_field(name)
+
+    def serve(self, steps: int | None) -> dict:
+        self.open()
+        try:
+            self._loop(steps)
+        except Exception as exc:
+            tb = traceback.format_exc()
+            print(f"eophis_hpc worker {self.link.rank}: aborting the coupled job: "
+                  f"{type(exc).__name__}: {exc}\n{tb}", file=sys.stderr, flush=True)
+            time.sleep(0.5)  # let mpiexec forward the output before the job is torn down
+            self.link.abort(1)
+        summary = self.timings.summary()
+        self._teardown()
+        return summary
+
+    def _loop(self, steps: int | None) -> None:
+        tnl = self.tunnel
+        done = 0
+        while steps is None or done < steps:
+            e, step = self._next_note()
+            if e < 0:
+                break
+            group = [e]
+            if tnl.registry.router is not None and not tnl.exchanges[e].static:
+                due = [x for x, ex in enumerate(tnl.exchanges)
+                       if not ex.static and tnl.schedule.due(x, step)]
+                while len(group) < len(due):
+                    e2, step2 = self._next_note()
+                    if e2 not in due or e2 in group or step2 != step:
+                        raise CouplingError(
+                            f"router: at step {step} the model ranks must put the inputs of every "
+                            f"due exchange {due} before any get (got exchange {e2} at step {step2})")
+                    group.append(e2)
+            self._occurrence(group, step)
+            done += 1
+
+    def _next_note(self) -> tuple[int, int]:
+        """The model root's next (exchange, step) note; (-1, -1) ends the run."""
+        if self.held_note is not None:
+            note, self.held_note = self.held_note, None
+            return note
+        t0 = time.perf_counter()
+        req = self.link.inter.Irecv(self.note, source=0, tag=TAG_CONTROL)
+        wait_all([req], self.tunnel.timeout, f"worker {self.link.rank}: waiting for the model's "
+                 "next exchange", [0], "model rank")
+        self.timings.add("wait", time.perf_counter() - t0)
+        return int(self.note[0]), int(self.note[1])
+
+    def _occurrence(self, group: list[int], step: int) -> None:
+        """Receive the inputs of the exchanges in ``group`` (due at ``step``), call the model,
+        send the outputs, post the receives of the next occurrence."""
+        tnl, feed = self.tunnel, self.feed
+        t0 = time.perf_counter()
+        inputs = self.invoker.due_inputs(group)
+        for spec in inputs:
+            self.receivers[spec.name].wait(feed.recv_target(spec.name), sign=spec.sign)
+            self.timings.add_bytes(spec.name, self.receivers[spec.name].bytes)
+        t1 = time.perf_counter()
+        self.timings.add("recv", t1 - t0)
+        static = tnl.exchanges[group[0]].static
+        if static:
+            for spec in inputs:
+                self.static[spec.name] = feed.recv_target(spec.name)
+            feed.static_received(group[0])
+            if not tnl.exchanges[group[0]].outputs:
+                return
+        elif not feed.land_ready:
+            raise CouplingError(f"land={tnl.land!r}: the model ranks must put this static field "
+                                f"before step {step}'s exchanges")
+        specs = self.invoker.outputs(group)
+        for spec in specs:  # MPI may still read the last outputs (pinned buffers are reused)
+            if self.senders[spec.name].in_place:
+                self.senders[spec.name].wait()
+        targets = self.invoker.call(group, step)
+        t2 = time.perf_counter()
+        sent = []
+        for spec in specs:
+            target, offset = targets[spec.name]
+            sender = self.senders[spec.name]
+            if sender.in_place:
+                target = np.ascontiguousarray(target, dtype=spec.dtype)
+            sender.start(target, offset)
+            self.timings.add_bytes(spec.name, sender.bytes)
+            sent.append(target)
+        if not static:
+            batches = [feed.recv_target(spec.name) for spec in inputs]
+            if any(isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                   and np.may_share_memory(a, b) for a in sent for b in batches):
+                for spec in specs:  # the sends still read the batch the receives would overwrite
+                    if self.senders[spec.name].in_place:
+                        self.senders[spec.name].wait()
+            for e in group:
+                self._post(e)
+        self.timings.add("send", time.perf_counter() - t2)
+
+    def _teardown(self) -> None:
+        for obj in list(self.receivers.values()) + list(self.senders.values()):
+            obj.close()
+        if self.tunnel.verbose:
+            report = self.report()
+            if self.link.is_root and report:
+                print(report, flush=True)
+        self.link.close()
+
+    def report(self) -> str:
+        """Timings of every worker (collective over the workers) after worker 0's staging
+        policy; the text on worker 0."""
+        tables = self.link.comm.gather(self.timings.table(f"worker {self.link.rank} timings"),
+                                       root=0)
+        return "\n".join([self.describe()] + tables) if self.link.is_root else ""

@@ -1,0 +1,91 @@
+"""The handshake over MPI: the model root sends the model's declaration to the workers' root,
+which checks it against the tunnel and answers every model rank (the reply, or a foreign
+client's table); each side then broadcasts the outcome to its own ranks. The messages and checks
+are :mod:`eophis_hpc.protocol.handshake`'s; every wait here is bounded by the timeout."""
+from __future__ import annotations
+
+import traceback
+
+import numpy as np
+
+from ...grid import Grid
+from ...protocol import client_table
+from ...protocol import handshake as messages
+from ...protocol.schedule import Schedule
+from ...protocol.wire import TAG_HANDSHAKE
+from .join import Link
+from .waits import mpi, probe, wait_all
+
+
+def send_json(comm, obj, dest: int, timeout: float | None, what: str, peer_label: str) -> None:
+    """Send ``obj`` as UTF-8 JSON bytes."""
+    data = messages.encode(obj)
+    req = comm.Isend([data, len(data), mpi().BYTE], dest=dest, tag=TAG_HANDSHAKE)
+    wait_all([req], timeout, what, [dest], peer_label)
+
+
+def recv_json(comm, source: int, timeout: float | None, what: str, peer_label: str):
+    """Receive a JSON message of any length (a CouplingError if it is not JSON)."""
+    MPI = mpi()
+    status = probe(comm, source, TAG_HANDSHAKE, timeout, what, peer_label)
+    buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+    comm.Recv([buf, MPI.BYTE], source=source, tag=TAG_HANDSHAKE)
+    return messages.decode(buf, what)
+
+
+def model_side(link: Link, grid: Grid, box, holes: bool, fields: dict | None,
+               timeout: float | None):
+    """Model ranks: returns ``(layout, schedule, options)`` agreed with the workers."""
+    box, local_err = messages.parse_box(box)
+    gathered = link.comm.gather((box, local_err), root=0)
+    answer = None
+    if link.is_root:
+        boxes = [b for b, _ in gathered]
+        error = messages.first_error([e for _, e in gathered])
+        what = "model rank 0: handshake with the workers"
+        send_json(link.inter, messages.request(grid, boxes, holes, fields, error), 0, timeout,
+                  what, "worker")
+        answer = recv_json(link.inter, 0, timeout, what, "worker")
+    answer = link.comm.bcast(answer, root=0)
+    return messages.agreed(grid, answer)
+
+
+def worker_side(link: Link, grid: Grid, halo: int, schedule: Schedule, n_tiles, options: dict,
+                timeout: float | None):
+    """Workers: receive the model's declaration, check it, answer; returns the layout."""
+    answer = None
+    if link.is_root:
+        what = "worker 0: waiting for the model ranks' declaration"
+        req = recv_json(link.inter, 0, timeout, what, "model rank")
+        answer, layout = messages.reply(req, grid, halo, schedule, n_tiles, options, link.size,
+                                        link.remote_size)
+        if req.get("client", "python") == "python":
+            send_json(link.inter, answer, 0, timeout, "worker 0: handshake reply", "model rank")
+        else:
+            answer["error"] = _send_tables(link, req, layout, schedule, answer["error"], timeout)
+    answer = link.comm.bcast(answer, root=0)
+    return messages.agreed(grid, answer)[0]
+
+
+def _send_tables(link: Link, req: dict, layout, schedule: Schedule, error,
+                 timeout: float | None) -> str | None:
+    """A foreign client: each model rank gets its own table (or the error) straight from the
+    worker root, so the client has nothing to compute. Returns the error, if any."""
+    tables = None
+    if not error and not req.get("fields"):
+        error = (f"the {req.get('client')} client declared no fields; declare every field of "
+                 f"the tunnel ({', '.join(schedule.fields)})")
+    if not error:
+        try:
+            order = list(req["fields"])  # the client's declaration order
+            tables = [client_table.build(layout, schedule, r, order)
+                      for r in range(link.remote_size)]
+        except Exception:  # a bug here must still reach every rank, not hang them
+            error = "internal error while building the client tables:\n" + traceback.format_exc()
+    sends = []
+    for r in range(link.remote_size):
+        table = client_table.error_table(error) if error else tables[r]
+        sends.append(link.inter.Isend([table, mpi().INT64_T], dest=r, tag=TAG_HANDSHAKE))
+    wait_all(sends, timeout, "worker 0: sending the client tables", list(range(link.remote_size)),
+             "model rank")
+    return error
