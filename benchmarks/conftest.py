@@ -1,7 +1,7 @@
 """Shared machinery of the benchmarks: a registry of what each benchmark measured, and the
 end-of-run tables.
 
-Speed is only ever quoted as a ratio between results of the same run (DESIGN.md, "How we
+Speed is only ever quoted as a ratio between results of the same run (docs/contributing.md, "How we
 measure"), so the ratios cannot be computed inside a test: the tests register their benchmark
 here, the ratios are written into each benchmark's ``extra_info`` just before pytest-benchmark
 saves its JSON, and the tables are printed in the terminal summary.

@@ -3,9 +3,8 @@
 The pure core (grids, decompositions, plans, kernels) imports no MPI; the runtime imports mpi4py
 only when a coupled run starts.
 """
-__version__ = "0.1.0"
-
-from .client import Coupler, connect  # noqa: E402
+from .version import __version__
+from .client import Coupler, connect
 from .decomposition import Box, Decomposition
 from .grid import Grid
 from .plan import Plan

@@ -5,6 +5,9 @@ import argparse
 import subprocess
 import sys
 
+from .transport.mpi.strategies import DEFAULT as DEFAULT_STRATEGY
+from .transport.mpi.strategies import names as strategy_names
+
 
 def _positive(text: str) -> int:
     try:
@@ -29,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=_positive, default=300)
     demo.add_argument("--grid", default="ORCA2", help="grid preset (ORCA2, ORCA1, eORCA05, ...)")
     demo.add_argument("--levels", type=_positive, default=4)
-    demo.add_argument("--strategy", choices=("packed", "datatype"), default="datatype")
+    demo.add_argument("--strategy", choices=strategy_names(), default=DEFAULT_STRATEGY)
     demo.add_argument("--backend", choices=("cython", "numba", "numpy"), default=None)
     demo.add_argument("--cnn", choices=("light", "full"), default="light",
                       help="hidden channels: light (16, 8, ...) or the published 128, 64, 32...")

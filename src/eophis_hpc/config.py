@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .kernels import ORDER as BACKENDS
+from .transport.mpi.strategies import names as strategy_names
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -19,8 +22,9 @@ ENV_VAR = "EOPHIS_HPC_CONFIG"
 
 # key: (allowed values or type, help)
 TUNNEL_KEYS = {
-    "strategy": (("packed", "datatype"), "how runs are moved: packed buffers or MPI datatypes"),
-    "backend": (("cython", "numba", "numpy"), "kernel backend"),
+    "strategy": (strategy_names(), "how runs are moved: a transport strategy (packed buffers, "
+                 "MPI datatypes, ...)"),
+    "backend": (BACKENDS, "kernel backend"),
     "tiles_per_worker": (int, "tiles each worker stacks in its batch"),
     "timeout": (float, "seconds a rank waits for its peers"),
 }

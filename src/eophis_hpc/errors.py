@@ -113,7 +113,7 @@ def install_abort_hook() -> None:
     EOPHIS_HPC_ABORT_ON_ERROR=0 to keep Python's own hook."""
     if not _enabled():
         return
-    if getattr(sys.excepthook, "_eophis_hpc", False):
+    if getattr(sys.excepthook, "eophis_hpc_abort", False):
         return
     previous = sys.excepthook
 
@@ -136,5 +136,5 @@ def install_abort_hook() -> None:
         time.sleep(0.5)  # let mpiexec forward the output before the job is torn down
         world.Abort(1)
 
-    hook._eophis_hpc = True
+    hook.eophis_hpc_abort = True
     sys.excepthook = hook

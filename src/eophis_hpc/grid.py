@@ -2,7 +2,7 @@
 
 A :class:`Grid` says how many inner points there are and what a point outside them is: a fill
 value (``closed``), a periodic copy (``cyclic``) or NEMO's north fold (``fold``). The exact
-semantics are those of DESIGN.md; :mod:`eophis_hpc.reference` applies them to a global array.
+semantics are those of docs/architecture.md; :mod:`eophis_hpc.reference` applies them to a global array.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class Grid:
 
     @property
     def fold_shift(self) -> tuple[int, int]:
-        """(a, b) of DESIGN.md's fold formula for this pivot and point type."""
+        """(a, b) of the fold formula (docs/architecture.md) for this pivot and point type."""
         return FOLD_SHIFTS[self.pivot][self.point]
 
     def max_halo(self) -> int | None:

@@ -1,11 +1,11 @@
 """Redistribution plans between a source decomposition and destination tiles with halos (layer 3).
 
 A :class:`Plan` lists, for every (src box, dst tile) pair, the rectangular blocks of cells to copy,
-already resolved through the boundary conditions of DESIGN.md: a halo cell that wraps (cyclic)
-reads from the box owning its periodic image, a cell past the north fold reads a reversed block
-(times the field's sign), a cell outside a closed edge is filled. The plan is pure (no
-communication), deterministic, and serialisable; :meth:`Plan.scatter_local` and
-:meth:`Plan.gather_local` execute it in one process with the compiled kernels.
+already resolved through the boundary conditions of docs/architecture.md: a halo cell that wraps
+(cyclic) reads from the box owning its periodic image, a cell past the north fold reads a
+reversed block (times the field's sign), a cell outside a closed edge is filled. The plan is pure
+(no communication, no kernels), deterministic, and serialisable; the transports execute it
+(:mod:`eophis_hpc.transport.local` in one process, the MPI engine across ranks).
 
 Wire format of a message (src s -> dst d): the pair's blocks in plan order, each block
 ``nz x nj x ni`` C-ordered in the *source's* natural order. The receiver writes block rows
@@ -18,7 +18,6 @@ from typing import Sequence
 
 import numpy as np
 
-from . import kernels
 from .decomposition import Box, Decomposition
 from .grid import Grid
 
@@ -76,11 +75,11 @@ class Plan:
 
     ``tile_shape=(H, W)`` makes every tile read an ``H x W`` box from its own ``(j0, i0)`` (so a
     worker can stack uneven tiles into one batch); only the tile's own box goes back in
-    :meth:`gather_local`. By default each tile reads exactly its box.
+    ``gather_local``. By default each tile reads exactly its box.
     """
 
     def __init__(self, grid: Grid, src: Decomposition, dst: Decomposition, halo: int = 0,
-                 tile_shape: tuple[int, int] | None = None):
+                 tile_shape: tuple[int, int] | None = None, *, tables=None):
         if not isinstance(grid, Grid):
             raise TypeError(f"Plan: grid must be an eophis_hpc.Grid, got {type(grid).__name__}")
         for name, dec in (("src", src), ("dst", dst)):
@@ -94,8 +93,11 @@ class Plan:
         self.halo = grid.check_halo(halo, "Plan: halo")
         self.read_boxes = self._read_boxes(tile_shape)
         self.tile_shape = None if tile_shape is None else tuple(int(v) for v in tile_shape)
-        self.blocks, self.fills = self._build_scatter()
-        self.back_blocks, self.back_fills = self._build_gather()
+        if tables is None:
+            self.blocks, self.fills = self._build_scatter()
+            self.back_blocks, self.back_fills = self._build_gather()
+        else:  # a serialised plan (from_dict): the tables as they were built
+            self.blocks, self.fills, self.back_blocks, self.back_fills = tables
         self._index()
 
     # ------------------------------------------------------------------ construction
@@ -308,105 +310,17 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
-        plan = cls.__new__(cls)
-        plan.grid = Grid.from_dict(data["grid"])
-        plan.src = Decomposition.from_dict(data["src"])
-        plan.dst = Decomposition.from_dict(data["dst"])
-        plan.halo = plan.grid.check_halo(int(data["halo"]), "Plan: halo")
-        plan.tile_shape = None if data["tile_shape"] is None else tuple(data["tile_shape"])
-        plan.read_boxes = plan._read_boxes(plan.tile_shape)
-        plan.blocks = np.array(data["blocks"], dtype=np.int64).reshape(-1, 9)
-        plan.fills = np.array(data["fills"], dtype=np.int64).reshape(-1, 5)
-        plan.back_blocks = np.array(data["back_blocks"], dtype=np.int64).reshape(-1, 8)
-        plan.back_fills = np.array(data["back_fills"], dtype=np.int64).reshape(-1, 5)
-        plan._index()
-        return plan
-
-    def part_for_src(self, s: int) -> dict:
-        """What source box ``s`` needs to take part (e.g. a Fortran client): for each tile it
-        sends to, the runs it packs, and for each tile it receives from, the runs it unpacks."""
-        if not 0 <= s < self.n_src:
-            raise ValueError(f"Plan.part_for_src: s={s} is not a source box (0..{self.n_src - 1})")
-        sends = [{"dst": d, "runs": self.pack_runs(s, d).tolist()}
-                 for (ss, d) in self.pairs if ss == s]
-        recvs = [{"dst": d, "runs": self.back_unpack_runs(d, s)[:, :4].tolist()}
-                 for (d, ss) in self.back_pairs if ss == s]
-        return {"box": list(self.src.boxes[s]), "send": sends, "recv": recvs,
-                "fills": self.back_fill_rects(s).tolist()}
+        grid = Grid.from_dict(data["grid"])
+        tables = (np.array(data["blocks"], dtype=np.int64).reshape(-1, 9),
+                  np.array(data["fills"], dtype=np.int64).reshape(-1, 5),
+                  np.array(data["back_blocks"], dtype=np.int64).reshape(-1, 8),
+                  np.array(data["back_fills"], dtype=np.int64).reshape(-1, 5))
+        return cls(grid, Decomposition.from_dict(data["src"]), Decomposition.from_dict(data["dst"]),
+                   int(data["halo"]), data["tile_shape"], tables=tables)
 
     def __repr__(self) -> str:
         return (f"Plan({self.grid.describe()}, {self.n_src} src boxes -> {self.n_dst} tiles, "
                 f"halo {self.halo}, {len(self.blocks)} blocks in {len(self.pairs)} messages)")
-
-    # ------------------------------------------------------------------ local execution
-    def scatter_local(self, pieces: Sequence[np.ndarray], backend: str | None = None,
-                      sign: float = 1.0, fill: float = 0.0, dtype=None) -> list[np.ndarray]:
-        """Tiles with halos from one ``(nz, bj, bi)`` piece per source box, in one process.
-
-        Runs the same pack and unpack kernels as the MPI runtime; ``dtype`` casts in the unpack.
-        """
-        kern = kernels.get(backend)
-        nz, src_dtype = _check_pieces(pieces, [b.shape for b in self.src.boxes], "pieces")
-        out_dtype = np.dtype(src_dtype if dtype is None else dtype)
-        _check_float(out_dtype, "dtype")
-        tiles = [np.empty((nz,) + self.tile_shape_of(d), dtype=out_dtype) for d in range(self.n_dst)]
-        for d in range(self.n_dst):
-            kern.fill(tiles[d], self.fill_rects(d), fill)
-        buf = np.empty(nz * max([self.message_cells(s, d) for s, d in self.pairs] or [0]),
-                       dtype=src_dtype)
-        for (s, d) in self.pairs:
-            n = nz * self.message_cells(s, d)
-            kern.pack(pieces[s], self.pack_runs(s, d), buf[:n])
-            kern.unpack(buf[:n], tiles[d], self.unpack_runs(s, d), sign)
-        return tiles
-
-    def gather_local(self, outputs: Sequence[np.ndarray], backend: str | None = None,
-                     fill: float = 0.0, dtype=None) -> list[np.ndarray]:
-        """One array per source box from one output per tile (with or without halo, stripped)."""
-        kern = kernels.get(backend)
-        nz, out_dtype, offsets = self._check_outputs(outputs)
-        res_dtype = np.dtype(out_dtype if dtype is None else dtype)
-        _check_float(res_dtype, "dtype")
-        back = [np.empty((nz,) + b.shape, dtype=res_dtype) for b in self.src.boxes]
-        for s in range(self.n_src):
-            kern.fill(back[s], self.back_fill_rects(s), fill)
-        for (d, s) in self.back_pairs:
-            n = nz * self.message_cells(s, d, back=True)
-            buf = np.empty(n, dtype=out_dtype)
-            kern.pack(outputs[d], self.back_pack_runs(d, s, offsets[d]), buf)
-            kern.unpack(buf, back[s], self.back_unpack_runs(d, s), 1.0)
-        return back
-
-    def output_offset(self, d: int, shape: tuple[int, int], where: str = "outputs") -> int:
-        """Offset of the owned box inside an output array of ``shape``: 0 for the tile's own box
-        or its read box (``tile_shape``), the halo for the read box with its halo."""
-        inner = self.tile_shape_of(d)
-        h = self.halo
-        core = (inner[0] - 2 * h, inner[1] - 2 * h)
-        shape = tuple(shape)
-        if shape == core or shape == self.dst.boxes[d].shape:
-            return 0
-        if shape == inner:
-            return h
-        raise ValueError(f"{where}[{d}]: expected shape (nz, {core[0]}, {core[1]}) or with the "
-                         f"halo (nz, {inner[0]}, {inner[1]}), got (nz, {shape[0]}, {shape[1]})")
-
-    def _check_outputs(self, outputs):
-        if len(outputs) != self.n_dst:
-            raise ValueError(f"outputs: expected {self.n_dst} arrays (one per tile), got "
-                             f"{len(outputs)}")
-        nz, dtype = None, None
-        offsets = []
-        for d, arr in enumerate(outputs):
-            _check_array(arr, f"outputs[{d}]")
-            if nz is None:
-                nz, dtype = arr.shape[0], arr.dtype
-            if arr.shape[0] != nz or arr.dtype != dtype:
-                raise ValueError(f"outputs[{d}]: shape {arr.shape} / dtype {arr.dtype} differ from "
-                                 f"outputs[0] ({nz} levels, {dtype})")
-            offsets.append(self.output_offset(d, arr.shape[1:]))
-        return nz, dtype, offsets
-
 
 def _pair_slices(a: np.ndarray, b: np.ndarray) -> dict:
     """``{(a, b): (lo, hi)}`` for a table sorted by (a, b)."""
@@ -419,41 +333,3 @@ def _pair_slices(a: np.ndarray, b: np.ndarray) -> dict:
     for lo, hi in zip(starts.tolist(), ends.tolist()):
         out[(int(a[lo]), int(b[lo]))] = (lo, hi)
     return out
-
-
-def _check_float(dtype: np.dtype, where: str) -> None:
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"{where}: dtype must be float32 or float64, got {dtype}")
-
-
-def _check_array(arr, where: str) -> None:
-    if not isinstance(arr, np.ndarray):
-        raise TypeError(f"{where}: expected a numpy.ndarray, got {type(arr).__name__}")
-    if arr.ndim != 3:
-        raise ValueError(f"{where}: expected a 3-D array (nz, ny, nx), got {arr.ndim} dimensions "
-                         f"(shape {arr.shape})")
-    _check_float(arr.dtype, where)
-    if not arr.flags.c_contiguous:
-        raise ValueError(f"{where}: array must be C-contiguous (use numpy.ascontiguousarray)")
-
-
-def _check_pieces(pieces, shapes, where: str):
-    """Validate one array per box: 3-D, float32/64, C-contiguous, right shape, same nz/dtype."""
-    if isinstance(pieces, np.ndarray) or len(pieces) != len(shapes):
-        n = "an array" if isinstance(pieces, np.ndarray) else f"{len(pieces)} arrays"
-        raise ValueError(f"{where}: expected a list of {len(shapes)} arrays (one per source box), "
-                         f"got {n}")
-    nz, dtype = None, None
-    for k, (arr, shp) in enumerate(zip(pieces, shapes)):
-        _check_array(arr, f"{where}[{k}]")
-        if nz is None:
-            nz, dtype = arr.shape[0], arr.dtype
-        if arr.shape[1:] != tuple(shp):
-            raise ValueError(f"{where}[{k}]: shape {arr.shape} does not match its box "
-                             f"(nz, {shp[0]}, {shp[1]})")
-        if arr.shape[0] != nz or arr.dtype != dtype:
-            raise ValueError(f"{where}[{k}]: {arr.shape[0]} levels / {arr.dtype} differ from "
-                             f"{where}[0] ({nz} levels, {dtype})")
-    if nz == 0:
-        raise ValueError(f"{where}: arrays have no level (nz=0)")
-    return nz, dtype

@@ -1,7 +1,10 @@
-"""The boundary-condition semantics of DESIGN.md applied to a global NumPy array: the test oracle.
+"""The boundary-condition semantics of docs/architecture.md applied to a global NumPy array.
 
-Written for clarity, not speed: every halo point is mapped to its source point with index arrays.
-Every plan, kernel backend, transport and strategy must reproduce these arrays bit for bit.
+A production module with two uses: it is the test oracle (every plan, kernel backend, transport
+and strategy must reproduce its arrays bit for bit), and the one place that maps a point outside
+the grid to its source point (the OASIS partitions list those source points; the demo extends
+its global field with it). Written for clarity, not speed: every halo point is mapped with index
+arrays, so it is never on a coupled run's hot path.
 """
 from __future__ import annotations
 

@@ -20,6 +20,8 @@ from .bench import copyjobs
 from .decomposition import Decomposition
 from .grid import Grid
 from .plan import Plan
+from .transport.mpi.strategies import STRATEGIES
+from .transport.mpi.strategies import names as strategy_names
 
 KEEP_WITHIN = 1.25  # stage 1 keeps backends within this factor of the fastest
 
@@ -76,7 +78,7 @@ class Problem:
 def candidates(problem: Problem, backends=None) -> list[Candidate]:
     backends = backends or [b for b, state in kernels.available().items() if state == "ok"]
     return [Candidate(s, b, t) for s, b, t in itertools.product(
-        ("packed", "datatype"), backends, problem.tile_counts())]
+        strategy_names(), backends, problem.tile_counts())]
 
 
 def kernel_stage(problem: Problem, backends, progress=None) -> dict:
@@ -96,14 +98,14 @@ def kernel_stage(problem: Problem, backends, progress=None) -> dict:
 
 
 def prune(cands: list[Candidate], kernel_times: dict) -> list[Candidate]:
-    """Packed candidates whose backend is within KEEP_WITHIN of the fastest, and datatype ones
-    with the fastest backend only (MPI moves their data; the kernels only fill); best estimate
-    first."""
+    """Copying candidates whose backend is within KEEP_WITHIN of the fastest, and in-place ones
+    (datatypes) with the fastest backend only (MPI moves their data; the kernels only fill);
+    best estimate first."""
     fastest = min((b for b in kernel_times if b != "copyto"), key=kernel_times.get)
     limit = KEEP_WITHIN * kernel_times[fastest]
 
     def keep(c: Candidate) -> bool:
-        if c.strategy == "datatype":
+        if STRATEGIES[c.strategy].in_place:
             return c.backend == fastest
         return kernel_times[c.backend] <= limit
 

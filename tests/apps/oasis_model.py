@@ -22,6 +22,7 @@ from oasis_workers import field, output_name, stencil
 
 
 def main(cfg: dict) -> None:
+    eh.errors.release_exit_guard()  # the model side is plain pyoasis: it never joins eophis_hpc
     params = getattr(pyoasis, "OASIS", None) or pyoasis.OasisParameters
     grid = eh.Grid(**cfg["grid"])
     h = cfg["halo"]

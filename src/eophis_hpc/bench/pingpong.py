@@ -19,6 +19,7 @@ import traceback
 
 import numpy as np
 
+from ..errors import release_exit_guard
 from .roundtrip import mpi, watchdog
 
 TAG = 9201
@@ -54,6 +55,7 @@ def main(argv) -> None:
         sys.exit("usage: mpiexec -n 2 python -m eophis_hpc.bench.pingpong CONFIG.json")
     with open(argv[1]) as fh:
         cfg = json.load(fh)
+    release_exit_guard()  # raw MPI only: this program never couples, by design
     world = mpi().COMM_WORLD
     dog = watchdog(float(cfg.get("time_limit", 600)), world)
     try:

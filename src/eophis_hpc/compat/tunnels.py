@@ -182,7 +182,7 @@ class EophisTunnel:
         self.transport = transport
         self.tunnel = _EhTunnel(ref, halo, exchanges, dt=1, transport=transport,
                                 framework="numpy", verbose=False)
-        self._static_used = {name: False for ex in self.exchs if ex["freq"] == Freqs.STATIC
+        self.static_used = {name: False for ex in self.exchs if ex["freq"] == Freqs.STATIC
                              for name in list(ex.get("in") or []) + list(ex.get("out") or [])}
         self.calls = 0
 
@@ -194,16 +194,16 @@ class EophisTunnel:
 
     def receive(self, var_label: str, date=None):
         """A static field, received before the loop, as an ``(x, y, z)`` float64 view."""
-        if var_label not in self._static_used:
+        if var_label not in self.static_used:
             logs.abort(f"tunnel {self.label}: receive({var_label!r}) outside the loop is for "
                        "static fields; time-dependent fields reach the router")
-        if self._static_used[var_label]:
+        if self.static_used[var_label]:
             logs.warning(f"Static receive of {var_label} through tunnel {self.label} already "
                          "done, skipped")
             return None
         logs.info(f"\n-!- Static receive of {var_label} through tunnel {self.label}")
         batch = self.tunnel.receive(var_label)
-        self._static_used[var_label] = True
+        self.static_used[var_label] = True
         return xyz(batch)
 
     def wrap_router(self, router):
@@ -326,7 +326,7 @@ def open_tunnels() -> None:
 
 def tunnels_ready() -> bool:
     """Whether every static field of every tunnel has been exchanged."""
-    return all(all(t._static_used.values()) for t in _Registry.tunnels)
+    return all(all(t.static_used.values()) for t in _Registry.tunnels)
 
 
 def close_tunnels(reread: bool = True) -> None:

@@ -15,7 +15,7 @@ from ..launch import mpmd_command
 
 def reference_run(cfg: dict) -> dict:
     """The same simulation on the global arrays, with the CNN applied to the whole field
-    extended by the boundary semantics of DESIGN.md (no decomposition at all)."""
+    extended by the boundary semantics of docs/architecture.md (no decomposition at all)."""
     import torch
 
     import eophis_hpc as eh

@@ -2,7 +2,7 @@
 
 With ``transport="oasis"`` a worker receives each field through one OASIS ``OrangePartition``
 that lists every global point its tiles need, real AND halo cells, with the cyclic wrap and the
-north fold of DESIGN.md already resolved to the source points: one ``get`` delivers everything,
+north fold of docs/architecture.md already resolved to the source points: one ``get`` delivers everything,
 and no halo exchange is needed afterwards. It sends its tiles' own boxes (no halo) back through a
 ``BoxPartition`` (one tile per worker, as Eophis) or an ``OrangePartition`` (several tiles).
 

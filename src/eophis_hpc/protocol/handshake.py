@@ -13,7 +13,7 @@ import traceback
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..errors import CouplingError
 from ..grid import Grid
 from .layout import Layout
