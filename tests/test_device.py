@@ -140,7 +140,7 @@ def _tunnel(**kw):
     ({"stack": "2x"}, ValueError, "stack must be True, False or a keyword name"),
     ({"land": "u"}, ValueError, "land='u' must name a static input field"),
     ({"land": "sst"}, KeyError, "Tunnel: land: unknown field 'sst'"),
-    ({"chunks": 2, "transport": "oasis"}, ValueError, "transport='mpi' only"),
+    ({"chunks": 2, "transport": "carrier-pigeon"}, ValueError, "transport='carrier-pigeon' is not"),
     ({"device": "gpu"}, ValueError, "device='gpu' is not"),
 ])
 def test_tunnel_option_errors(kw, err, msg):

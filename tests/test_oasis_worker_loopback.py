@@ -224,3 +224,79 @@ def test_compat_script_over_the_oasis_loop(monkeypatch, tmp_path):
         got = log["puts"][("M_OUT_0", date)].reshape(2, GRID.ny, GRID.nx)
         np.testing.assert_array_equal(got, field("M_IN_0", date, 2) + 100.0 * m)
     assert sorted(d for (n, d) in log["puts"]) == [0, 3600, 7200]
+
+
+@pytest.mark.parametrize("workers,tiles,framework,chunks,stack,land", [
+    (1, 4, "torch", 2, True, True), (2, 4, "numpy", 2, False, True),
+    (2, None, "torch", 1, True, False), (3, 6, "numpy", 3, True, False)])
+def test_oasis_engine_feeds_the_model_like_the_mpi_engine(monkeypatch, workers, tiles, framework,
+                                                           chunks, stack, land):
+    """Over OASIS the model is called through the same Feed as over MPI: the framework's
+    tensors, chunks, stacked inputs, land tiles left out (their outputs go back as the fill
+    value), and the ``tiles``/``step`` keywords, each batch row the reference tile it claims."""
+    if framework == "torch":
+        torch = pytest.importorskip("torch")
+    from eophis_hpc.oasis.partition import worker_tiles
+    halo = 1
+    every = [b for w in worker_tiles(GRID, workers, tiles) for b in w]
+    land_box = every[0]
+    base = field
+
+    def fields(alias, date, levels):
+        if alias == "M_IN_2":  # the mask: zero over the first tile's box when land is on
+            mask = np.ones((levels, GRID.ny, GRID.nx))
+            if land:
+                mask[:, land_box.j0:land_box.j1, land_box.i0:land_box.i1] = 0.0
+            return mask
+        return base(alias, date, levels)
+
+    monkeypatch.setattr(__import__("sys").modules[__name__], "field", fields)
+    steps, log, seen = 3, {}, {"rows": [], "chunks": []}
+    for rank in range(workers):
+        monkeypatch.setattr(oasis_worker.oasis, "Component",
+                            lambda name, comm, r=rank: LoopbackComponent(r, workers, log))
+        ex = [eh.Exchange(inputs=["u", "v"], outputs=["fu"], levels=2),
+              eh.Exchange(inputs=["mask"], static=True)]
+        tunnel = eh.Tunnel(GRID, halo, ex, dt=DT, tiles=tiles, transport="oasis", verbose=False,
+                           framework=framework, chunks=chunks, stack=stack,
+                           land="mask" if land else None)
+
+        @tunnel.model
+        def closure(tiles, step, **batches):
+            date = step * DT
+            x = batches["u_v"] if stack else None
+            u = x[:, :2] if stack else batches["u"]
+            v = x[:, 2:] if stack else batches["v"]
+            if framework == "torch":
+                assert isinstance(u, torch.Tensor)
+                u, v = u.numpy(), v.numpy()
+            ep = tunnel.engine
+            seen["chunks"].append(len(tiles))
+            for r, d in enumerate(np.asarray(tiles).tolist()):
+                assert not (land and every[d] == land_box), "a land tile reached the model"
+                seen["rows"].append(d)
+                rb = ep.recv_parts["T"].read_boxes[ep.feed.tiles.index(d)]
+                np.testing.assert_array_equal(u[r], reference_tile(field("M_IN_0", date, 2),
+                                                                   GRID, rb, halo))
+                np.testing.assert_array_equal(v[r], reference_tile(field("M_IN_1", date, 2),
+                                                                   GRID, rb, halo))
+            core = (u + 2 * v)[:, :, halo:-halo, halo:-halo]
+            return {"fu": torch.from_numpy(np.ascontiguousarray(core))
+                    if framework == "torch" else core}
+
+        session = oasis_worker.OasisSession([tunnel])
+        tunnel.run(steps)
+        session.close()
+        assert "packed" not in tunnel.describe() and "OASIS" in tunnel.describe()
+    n_sea = len(every) - (1 if land else 0)
+    assert sorted(set(seen["rows"])) == [d for d, b in enumerate(every)
+                                         if not (land and b == land_box)]
+    assert len(seen["rows"]) == steps * n_sea
+    assert max(seen["chunks"]) <= -(-n_sea // chunks) + 1
+    for it in range(steps):
+        date = it * DT
+        got = log["puts"][("M_OUT_0", date)].reshape(2, GRID.ny, GRID.nx)
+        want = field("M_IN_0", date, 2) + 2 * field("M_IN_1", date, 2)
+        if land:
+            want[:, land_box.j0:land_box.j1, land_box.i0:land_box.i1] = 0.0
+        np.testing.assert_array_equal(got, want)

@@ -32,7 +32,7 @@ def run_worker(out_dir: Path, cfg: dict) -> None:
         return {"su": su, "sv": sv}
 
     summary = tunnel.run()
-    (out_dir / f"worker_{tunnel.link.rank}_timings.json").write_text(json.dumps(summary))
+    (out_dir / f"worker_{tunnel.rank}_timings.json").write_text(json.dumps(summary))
 
 if __name__ == "__main__":
     run_worker(Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text()))
