@@ -211,3 +211,19 @@ def test_run_mpi_uses_the_wrappers_launcher(toolchain, tmp_path):
     out = _run([sys.executable, "-m", "eophis_hpc.cli", "run", "--mpi", toolchain.wrapper, "-n",
                 "2", "-w", "1", "--dry-run", "./model", "closure.py"], tmp_path, "run --dry-run")
     assert out.stdout.split()[0] == toolchain.mpiexec
+
+
+def test_a_fortran_model_that_stops_before_enddef_ends_the_job(toolchain, tmp_path):
+    """With the default timeout the job ends within seconds, with the model's message."""
+    import time
+    tc = toolchain
+    _run([tc.wrapper, "-O2", str(HERE / "fortran" / "early_stop.F90"),
+          str(tc.build / "eophis_hpc.o"), f"-I{tc.build}", "-o", "early_stop"], tc.build,
+         "compiling early_stop")
+    env = {k: v for k, v in tc.env.items() if k != "EOPHIS_HPC_TIMEOUT"}
+    cmd = [tc.mpiexec, "-n", "2", str(tc.build / "early_stop"), ":", "-n", "1", sys.executable,
+           str(HERE / "apps" / "early.py"), "worker"]
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert res.returncode != 0 and time.monotonic() - t0 < 30
+    assert "ocean: bad namelist, stopping before eh_enddef" in res.stdout + res.stderr

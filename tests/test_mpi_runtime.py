@@ -86,7 +86,8 @@ def test_bad_put_on_one_rank_ends_the_job(tmp_path):
     res = run_app(tmp_path, cfg, 2, 1, timeout=60)
     assert res.returncode != 0
     assert "put('u'): shape (3, 2, 2) does not match the box (3, 20, 15)" in res.stderr
-    assert "uncaught exception on world rank 1, aborting the job: ValueError" in res.stderr
+    assert "uncaught exception on world rank 1; ending the whole job" in res.stderr
+    assert "ValueError: put('u')" in res.stderr
 
 
 def test_no_worker_ranks_is_a_clear_error(tmp_path):

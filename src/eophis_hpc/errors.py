@@ -128,9 +128,9 @@ def install_abort_hook() -> None:
                 print(f"eophis_hpc: {exc}", file=sys.stderr, flush=True)
             else:
                 time.sleep(2.0)  # let rank 0 print and end the job first
-        else:  # the cause first, in one line, then the traceback
-            print(f"eophis_hpc: uncaught exception on world rank {world.rank}, aborting the job: "
-                  f"{exc_type.__name__}: {exc}", file=sys.stderr, flush=True)
+        else:  # who and what happens, then the traceback: the message itself printed once
+            print(f"eophis_hpc: uncaught exception on world rank {world.rank}; ending the whole "
+                  "job (traceback below)", file=sys.stderr, flush=True)
             previous(exc_type, exc, tb)
         sys.stderr.flush()
         time.sleep(0.5)  # let mpiexec forward the output before the job is torn down
