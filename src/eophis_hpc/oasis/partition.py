@@ -89,41 +89,32 @@ def worker_tiles(grid: Grid, n_workers: int, n_tiles: int | None = None) -> list
 
 
 # ---------------------------------------------------------------------- run building blocks
-def _row_runs(key: np.ndarray, col: np.ndarray, step: np.ndarray):
-    """Split a sequence of cells into runs along a row.
-
-    ``key`` (n, k) must stay equal within a run; ``col`` (n,) or (n, m) must advance by ``step``
-    (same shape, +1 or -1 per cell) from one cell to the next. Returns ``(starts, lengths)``."""
-    n = col.shape[0]
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    brk = np.ones(n, dtype=bool)
-    if n > 1:
-        same = np.all(key[1:] == key[:-1], axis=1)
-        moved = col[1:] != col[:-1] + step[:-1]
-        brk[1:] = ~same | (moved if moved.ndim == 1 else np.any(moved, axis=1))
-    starts = np.flatnonzero(brk)
-    lengths = np.diff(np.append(starts, n))
-    return starts, lengths
-
-
-def _merge_rows(key: np.ndarray, rows: Sequence[np.ndarray], steps: Sequence[np.ndarray]):
-    """Group consecutive row runs into rectangles.
-
-    A run continues the previous rectangle when its ``key`` columns are equal and each array of
-    ``rows`` advances by its ``steps`` (per run, +1 or -1). Returns ``(starts, counts)``."""
+def _continues(key: np.ndarray, values: Sequence[np.ndarray], steps: Sequence[np.ndarray]):
+    """Whether item ``i`` continues item ``i - 1``: equal ``key`` rows, and every array of
+    ``values`` ((n,) or (n, m)) advanced by its ``steps`` (same shape, +1 or -1)."""
     n = key.shape[0]
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     cont = np.zeros(n, dtype=bool)
     if n > 1:
         ok = np.all(key[1:] == key[:-1], axis=1)
-        for r, s in zip(rows, steps):
-            ok &= r[1:] == r[:-1] + s[:-1]
+        for v, s in zip(values, steps):
+            moved = v[1:] == v[:-1] + s[:-1]
+            ok &= moved if moved.ndim == 1 else np.all(moved, axis=1)
         cont[1:] = ok
     starts = np.flatnonzero(~cont)
-    counts = np.diff(np.append(starts, n))
-    return starts, counts
+    return starts, np.diff(np.append(starts, n)).astype(np.int64)
+
+
+def _row_runs(key: np.ndarray, col: np.ndarray, step: np.ndarray):
+    """Split a sequence of cells into runs along a row: ``key`` (n, k) stays equal within a run,
+    ``col`` advances by ``step``. Returns ``(starts, lengths)``."""
+    return _continues(key, [col], [step])
+
+
+def _merge_rows(key: np.ndarray, rows: Sequence[np.ndarray], steps: Sequence[np.ndarray]):
+    """Group consecutive row runs into rectangles: a run continues the previous rectangle when
+    its ``key`` columns are equal and each array of ``rows`` advances by its ``steps``.
+    Returns ``(starts, counts)``."""
+    return _continues(key, rows, steps)
 
 
 def _group_min(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -172,8 +163,25 @@ class _LevelRuns:
         self.dup_cells = dup_cells
 
 
+class _Partition:
+    """What both partitions share: their tiles, their OASIS segments, and the buffer pyoasis
+    moves (Fortran-ordered ``(points, levels)``)."""
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.offsets.size)
+
+    def new_buffer(self, levels: int, dtype=np.float64) -> np.ndarray:
+        """A buffer as pyoasis wants it: Fortran-ordered ``(points, levels)``."""
+        return np.empty((levels, self.n_points), dtype=dtype).T
+
+
 # ---------------------------------------------------------------------- receiving side
-class RecvPartition:
+class RecvPartition(_Partition):
     """The orange partition of one worker's tiles with their halo, and the reorder into a batch.
 
     ``boxes``: the own boxes of the worker's tiles; each tile reads a ``tile_shape`` box from its
@@ -201,14 +209,6 @@ class RecvPartition:
         self.global_size = grid.nx * grid.ny
         self._build()
         self._cache: dict[int, _LevelRuns] = {}
-
-    @property
-    def n_tiles(self) -> int:
-        return len(self.boxes)
-
-    @property
-    def n_segments(self) -> int:
-        return int(self.offsets.size)
 
     def _build(self) -> None:
         g, h = self.grid, self.halo
@@ -312,10 +312,6 @@ class RecvPartition:
                 and self._prim.shape[0] == 1
                 and self._prim[0].tolist() == [0, 0, H, W, 0])
 
-    def new_buffer(self, levels: int, dtype=np.float64) -> np.ndarray:
-        """A receive buffer as pyoasis wants it: Fortran-ordered ``(points, levels)``."""
-        return np.empty((levels, self.n_points), dtype=dtype).T
-
     def new_batch(self, levels: int, dtype=np.float64) -> np.ndarray:
         return np.empty((self.n_tiles, levels) + self.shape, dtype=dtype)
 
@@ -368,7 +364,7 @@ def _level_major(buf: np.ndarray, n_points: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- sending side
-class SendPartition:
+class SendPartition(_Partition):
     """The points a worker sends back: its tiles' own boxes, without halo.
 
     ``box``: ``(offset, nx_loc, ny_loc, nx_glb)`` of a ``BoxPartition`` when the worker has one
@@ -408,16 +404,6 @@ class SendPartition:
                     if len(self.boxes) == 1 else None)
         self._cache: dict = {}
 
-    @property
-    def n_tiles(self) -> int:
-        return len(self.boxes)
-
-    @property
-    def n_segments(self) -> int:
-        return int(self.offsets.size)
-
-    def new_buffer(self, levels: int, dtype=np.float64) -> np.ndarray:
-        return np.empty((levels, self.n_points), dtype=dtype).T
 
     def runs(self, levels: int, height: int, offset: int) -> np.ndarray:
         """Pack runs for outputs of ``height`` rows whose own boxes start at ``(offset, offset)``."""

@@ -76,22 +76,23 @@ class Layout:
     def worker_recv_routes(self, point: str, w: int) -> list[Route]:
         """Worker ``w``: for each model rank, the runs of its batch tiles that rank fills."""
         plan = self.plan(point)
-        local = {d: k for k, d in enumerate(self.tiles_of[w])}
-        by_src: dict[int, list] = {}
-        for (s, d) in plan.pairs:
-            if d in local:
-                by_src.setdefault(s, []).append((local[d], plan.unpack_runs(s, d)))
-        return [Route(s, parts) for s, parts in sorted(by_src.items())]
+        return self._worker_routes(w, ((s, d, plan.unpack_runs(s, d)) for s, d in plan.pairs))
 
     def worker_send_routes(self, point: str, w: int) -> list[Route]:
         """Worker ``w``: for each model rank, the runs of its tiles' own boxes to send back
         (relative to the tile's box origin; the caller shifts by the halo when present)."""
         plan = self.plan(point)
+        return self._worker_routes(w, ((s, d, plan.back_pack_runs(d, s))
+                                       for d, s in plan.back_pairs))
+
+    def _worker_routes(self, w: int, pairs) -> list[Route]:
+        """One route per model rank from ``(model rank, tile, runs)`` triples, keeping the
+        tiles of worker ``w`` (indexed in its batch), in model-rank order."""
         local = {d: k for k, d in enumerate(self.tiles_of[w])}
         by_src: dict[int, list] = {}
-        for (d, s) in plan.back_pairs:
+        for s, d, runs in pairs:
             if d in local:
-                by_src.setdefault(s, []).append((local[d], plan.back_pack_runs(d, s)))
+                by_src.setdefault(s, []).append((local[d], runs))
         return [Route(s, parts) for s, parts in sorted(by_src.items())]
 
     def worker_fills(self, point: str, w: int) -> dict:
