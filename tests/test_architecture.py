@@ -22,7 +22,7 @@ LAYERS = {
     "transport": 5, "oasis.component": 5, "oasis.partition": 5, "oasis.namcouple": 5,
     "device": 6, "staging": 6,
     "runtime": 7, "oasis.engine": 7, "oasis": 7, "tunnel": 7, "client": 7, "config": 7,
-    "halo": 7, "compat": 7, "fortran": 7, "launch": 7, "_ext": 4,
+    "halo": 7, "compat": 7, "fortran": 7, "launch": 7, "script": 7, "_ext": 4,
     "cli": 8, "tune": 8, "bench": 8, "demo": 8, "info": 8, "__init__": 8,
 }
 BENCH_USERS = ("cli", "bench")

@@ -72,3 +72,20 @@ def test_coupling_on_the_callers_communicator_beside_a_third_program():
                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count(": OK") == 3 and "third: done" in out.stdout
+
+
+def test_eophis_hpc_run_ends_the_job_when_a_script_fails_before_importing_eophis_hpc(tmp_path):
+    """``eophis-hpc run`` starts Python programs with the fault handling in place, so even an
+    import error on the script's first line ends the job at once, with its message."""
+    import subprocess
+    import sys
+    bad = tmp_path / "closure.py"
+    bad.write_text("import no_such_module_for_eophis_tests  # the user's typo\n")
+    os.environ.pop("EOPHIS_HPC_TIMEOUT", None)
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "eophis_hpc.cli", "run", "-n", "2", "-w", "1",
+                          APP, str(bad), "--model-args", "model"], capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    err = res.stdout + res.stderr
+    assert res.returncode != 0 and time.monotonic() - t0 < 30
+    assert err.count("No module named 'no_such_module_for_eophis_tests'") == 1

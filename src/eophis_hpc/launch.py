@@ -20,9 +20,10 @@ def find_mpiexec() -> str:
 
 
 def command_for(target: str, args=()) -> list[str]:
-    """A Python script runs with this interpreter; anything else (a Fortran binary) as is."""
+    """A Python script runs with this interpreter under ``eophis_hpc.script`` (the job's fault
+    handling in place before its first line); anything else (a Fortran binary) as is."""
     if target.endswith(".py"):
-        return [sys.executable, target, *args]
+        return [sys.executable, "-m", "eophis_hpc.script", target, *args]
     return [target, *args]
 
 
