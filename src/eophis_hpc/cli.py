@@ -5,88 +5,97 @@ import argparse
 import subprocess
 import sys
 
+from . import cli_args as ca
 from .transport.mpi.strategies import DEFAULT as DEFAULT_STRATEGY
 from .transport.mpi.strategies import names as strategy_names
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eophis-hpc", description=__doc__)
+    parser = ca.Parser(prog="eophis-hpc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="coupled NumPy ocean + GZ21-shaped CNN workers, checked "
                                        "against a single-process run")
-    demo.add_argument("--model-ranks", type=_positive, default=2)
-    demo.add_argument("--workers", type=_positive, default=1)
-    demo.add_argument("--tiles", type=_positive, default=None,
+    demo.set_defaults(parser=demo, check=ca.check_demo)
+    demo.add_argument("--model-ranks", type=ca.positive_int, default=2)
+    demo.add_argument("--workers", type=ca.positive_int, default=1)
+    demo.add_argument("--tiles", type=ca.positive_int, default=None,
                       help="tiles in all (default: one per worker)")
-    demo.add_argument("--steps", type=_positive, default=300)
-    demo.add_argument("--grid", default="ORCA2", help="grid preset (ORCA2, ORCA1, eORCA05, ...)")
-    demo.add_argument("--levels", type=_positive, default=4)
+    demo.add_argument("--steps", type=ca.positive_int, default=300)
+    demo.add_argument("--grid", type=ca.grid_name, default="ORCA2",
+                      help="grid preset (ORCA2, ORCA1, eORCA05, DINO, ...)")
+    demo.add_argument("--levels", type=ca.positive_int, default=4)
     demo.add_argument("--strategy", choices=strategy_names(), default=DEFAULT_STRATEGY)
-    demo.add_argument("--backend", choices=("cython", "numba", "numpy"), default=None)
-    demo.add_argument("--cnn", choices=("light", "full"), default="light",
-                      help="hidden channels: light (16, 8, ...) or the published 128, 64, 32...")
-    demo.add_argument("--weights", default=None, help="state-dict file for the CNN")
-    demo.add_argument("--out", default="demo-output", help="folder for results and the figure")
+    demo.add_argument("--backend", type=ca.kernel_backend, default=None,
+                      help="kernel backend: cython, numba or numpy (default: the fastest here)")
+    demo.add_argument("--cnn", choices=("light", "full"), default=None,
+                      help="network without --weights: light (built-in, 16, 8, ... channels; "
+                           "the default) or full (the published GZ21 FullyCNN, 128, 64, 32 "
+                           "channels); with --weights, the file's network is used")
+    demo.add_argument("--weights", type=ca.existing_file, default=None,
+                      help="state-dict file for the CNN: the published GZ21 weights "
+                           "(trained_model.pth) or one saved from the demo's networks")
+    demo.add_argument("--out", type=ca.output_dir, default="demo-output",
+                      help="folder for results and the figure")
 
     run = sub.add_parser("run", help="launch a model and a closure as one MPMD job")
-    run.add_argument("--model-ranks", "-n", type=_positive, required=True)
-    run.add_argument("--workers", "-w", type=_positive, required=True)
+    run.set_defaults(parser=run)
+    run.add_argument("--model-ranks", "-n", type=ca.positive_int, required=True)
+    run.add_argument("--workers", "-w", type=ca.positive_int, required=True)
     run.add_argument("--dry-run", action="store_true", help="print the command only")
-    run.add_argument("model", help="model program (a .py runs with this Python)")
-    run.add_argument("closure", help="worker script (.py)")
-    run.add_argument("--model-args", default="", help="arguments of the model, one string")
-    run.add_argument("--closure-args", default="", help="arguments of the closure, one string")
-    run.add_argument("--mpi", metavar="WRAPPER", default=None,
+    run.add_argument("model", type=ca.program,
+                     help="model program (a .py runs with this Python)")
+    run.add_argument("closure", type=ca.program, help="worker script (.py)")
+    run.add_argument("--model-args", type=ca.shell_words, default=[],
+                     help="arguments of the model, one string")
+    run.add_argument("--closure-args", type=ca.shell_words, default=[],
+                     help="arguments of the closure, one string")
+    run.add_argument("--mpi", metavar="WRAPPER", type=ca.mpi_wrapper, default=None,
                      help="the Fortran model's MPI compiler wrapper (e.g. mpifort.mpich): launch "
                           "with its mpiexec and point the workers' mpi4py at its library")
 
     tune = sub.add_parser("tune", help="measure candidate settings for a grid and rank counts "
                                        "and write the fastest to eophis_hpc.toml")
-    tune.add_argument("--grid", required=True, help="grid preset (ORCA2, eORCA025, ...)")
-    tune.add_argument("--levels", type=_positive, default=1)
-    tune.add_argument("--model-ranks", type=_positive, required=True)
-    tune.add_argument("--workers", type=_positive, required=True)
-    tune.add_argument("--halo", type=int, default=0)
+    tune.set_defaults(parser=tune)
+    tune.add_argument("--grid", type=ca.grid_name, required=True,
+                      help="grid preset (ORCA2, eORCA025, ...)")
+    tune.add_argument("--levels", type=ca.positive_int, default=1)
+    tune.add_argument("--model-ranks", type=ca.positive_int, required=True)
+    tune.add_argument("--workers", type=ca.positive_int, required=True)
+    tune.add_argument("--halo", type=ca.non_negative_int, default=0)
     tune.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     tune.add_argument("--device", default="cpu", help="cpu (GPU settings: see the staging policy)")
-    tune.add_argument("--time-budget", type=float, default=120.0,
+    tune.add_argument("--time-budget", type=ca.positive_float, default=120.0,
                       help="seconds for the whole search (default 120)")
-    tune.add_argument("--out", default="eophis_hpc.toml", help="settings file to write")
+    tune.add_argument("--out", type=ca.output_file, default="eophis_hpc.toml",
+                      help="settings file to write")
     tune.add_argument("--dry-run", action="store_true", help="list the candidates only")
 
     from .bench.report import SECTIONS as BENCH_SECTIONS
     bench = sub.add_parser("bench", help="run the benchmark suite and write a report folder "
                                          "(summary.md, benchmarks.json, machine.json, plots)")
+    bench.set_defaults(parser=bench)
     bench.add_argument("--quick", action="store_true", help="a small matrix (under a minute)")
-    bench.add_argument("--out", default="bench-report", help="report folder (default "
-                                                             "bench-report)")
+    bench.add_argument("--out", type=ca.output_dir, default="bench-report",
+                       help="report folder (default bench-report)")
     bench.add_argument("--only", action="append", metavar="SECTION",
                        choices=BENCH_SECTIONS,
                        help="run only this section (repeatable): kernels, plan, mpi, roundtrip, "
                             "staging, oasis")
-    bench.add_argument("--timeout", type=_positive, default=300,
+    bench.add_argument("--timeout", type=ca.positive_int, default=300,
                        help="seconds per MPI job before it is killed (default 300)")
     bench.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' run
 
-    sub.add_parser("info", help="versions, MPI library, kernel backends, frameworks")
+    info = sub.add_parser("info", help="versions, MPI library, kernel backends, frameworks")
+    info.set_defaults(parser=info)
 
     fortran = sub.add_parser("fortran", help="where the Fortran/C client is, how to build it in, "
                                              "and the environment for the workers")
+    fortran.set_defaults(parser=fortran)
     fortran.add_argument("--source", action="store_true", help="print the module's path only")
     fortran.add_argument("--include", action="store_true",
                          help="print the folder of the header (and module, when built) only")
-    fortran.add_argument("--env", metavar="WRAPPER", default=None,
+    fortran.add_argument("--env", metavar="WRAPPER", type=ca.mpi_wrapper, default=None,
                          help="print shell exports that make the Python workers load the MPI "
                               "library of this compiler wrapper (e.g. mpifort.mpich)")
     return parser
@@ -94,26 +103,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "check", None) is not None:
+        args.check(args)
     if args.command == "demo":
         from .demo.run import main as demo_main
         return demo_main(args)
     if args.command == "run":
-        import shlex
-
-        from .launch import command_for, mpmd_command
-        env, mpiexec = None, None
-        if args.mpi:
-            from . import fortran
-            import os
-            mpiexec = str(fortran.mpiexec_of(args.mpi))
-            env = dict(os.environ, **fortran.worker_env(fortran.libmpi_of(args.mpi)))
-        cmd = mpmd_command(args.model_ranks, command_for(args.model, shlex.split(args.model_args)),
-                           args.workers, command_for(args.closure, shlex.split(args.closure_args)),
-                           mpiexec=mpiexec)
-        print(" ".join(shlex.quote(c) for c in cmd), flush=True)
-        if args.dry_run:
-            return 0
-        return subprocess.run(cmd, env=env).returncode
+        return _run(args)
     if args.command == "tune":
         from .tune import main as tune_main
         return tune_main(args)
@@ -127,6 +123,28 @@ def main(argv=None) -> int:
     if args.command == "fortran":
         return _fortran(args)
     return 2
+
+
+def _run(args) -> int:
+    import os
+    import shlex
+
+    from .launch import command_for, mpmd_command
+    env, mpiexec = None, None
+    try:
+        if args.mpi:
+            from . import fortran
+            mpiexec = str(fortran.mpiexec_of(args.mpi))
+            env = dict(os.environ, **fortran.worker_env(fortran.libmpi_of(args.mpi)))
+        cmd = mpmd_command(args.model_ranks, command_for(args.model, args.model_args),
+                           args.workers, command_for(args.closure, args.closure_args),
+                           mpiexec=mpiexec)
+    except (OSError, RuntimeError) as exc:
+        ca.fail(args, str(exc))
+    print(" ".join(shlex.quote(c) for c in cmd), flush=True)
+    if args.dry_run:
+        return 0
+    return subprocess.run(cmd, env=env).returncode
 
 
 def _fortran(args) -> int:

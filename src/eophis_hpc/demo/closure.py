@@ -1,4 +1,5 @@
-"""The demo's inference workers: a GZ21-shaped CNN in PyTorch on the CPU, fed by ``eh.Tunnel``.
+"""The demo's inference workers: a GZ21-shaped CNN (built-in or the published GZ21 network) in
+PyTorch on the CPU, fed by ``eh.Tunnel``.
 
 Run as a worker: ``python -m eophis_hpc.demo.closure OUT_DIR CONFIG_JSON`` (under mpiexec).
 """
@@ -17,8 +18,7 @@ def run_worker(out_dir: Path, cfg: dict) -> None:
 
     torch.set_num_threads(cfg.get("threads", 1))
     grid = eh.Grid.preset(cfg["grid"])
-    widths = gz21.FULL_WIDTHS if cfg["cnn"] == "full" else gz21.LIGHT_WIDTHS
-    net = gz21.build(widths, weights=cfg.get("weights"))
+    net = gz21.build(cfg["cnn"], weights=cfg.get("weights"))
     tunnel = eh.Tunnel(
         grid, halo=gz21.HALO,
         exchanges=[eh.Exchange(inputs=["u", "v"], outputs=["su", "sv"], levels=cfg["levels"],
