@@ -36,14 +36,20 @@ def test_demo_rejects_bad_arguments():
     assert res.returncode == 2 and "expected a positive integer" in res.stderr
     res = cli("demo", "--strategy", "magic")
     assert res.returncode == 2 and "invalid choice" in res.stderr
+    res = cli("demo", "--grid", "nope")
+    assert res.returncode == 2 and "unknown grid 'nope'" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_run_dry_run_builds_the_mpmd_line(tmp_path):
-    res = cli("run", "-n", "4", "-w", "2", "ocean.py", "closure.py", "--model-args", "--days 3",
+    ocean, closure = tmp_path / "ocean.py", tmp_path / "closure.py"
+    ocean.write_text("")
+    closure.write_text("")
+    res = cli("run", "-n", "4", "-w", "2", str(ocean), str(closure), "--model-args", "--days 3",
               "--dry-run")
     assert res.returncode == 0, res.stderr
     line = res.stdout.strip()
-    assert "-n 4" in line and "ocean.py --days 3 : -n 2" in line and line.endswith("closure.py")
+    assert "-n 4" in line and f"{ocean} --days 3 : -n 2" in line and line.endswith(str(closure))
     assert Path(line.split()[0]).name == "mpiexec"
 
 
@@ -69,7 +75,7 @@ def test_cnn_weights_load_safely(tmp_path):
         assert torch.equal(a, b)
     bad = tmp_path / "bad.pt"
     torch.save({"x": _NotWeights()}, bad)
-    with pytest.raises(Exception, match="(?i)weights_only|unsupported global"):
+    with pytest.raises(gz21.WeightsError, match="weights_only=True.*Unsupported global"):
         gz21.build(weights=str(bad))
 
 

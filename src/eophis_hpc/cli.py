@@ -102,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    args, extra = _parser().parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, so the message names the subcommand
+        ca.fail(args, f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "check", None) is not None:
         args.check(args)
     if args.command == "demo":
