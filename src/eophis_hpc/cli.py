@@ -16,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="coupled NumPy ocean + GZ21-shaped CNN workers, checked "
                                        "against a single-process run")
-    demo.set_defaults(parser=demo, check=ca.check_demo)
+    demo.set_defaults(check=ca.check_demo)
     demo.add_argument("--model-ranks", type=ca.positive_int, default=2)
     demo.add_argument("--workers", type=ca.positive_int, default=1)
     demo.add_argument("--tiles", type=ca.positive_int, default=None,
@@ -39,7 +39,6 @@ def _parser() -> argparse.ArgumentParser:
                       help="folder for results and the figure")
 
     run = sub.add_parser("run", help="launch a model and a closure as one MPMD job")
-    run.set_defaults(parser=run)
     run.add_argument("--model-ranks", "-n", type=ca.positive_int, required=True)
     run.add_argument("--workers", "-w", type=ca.positive_int, required=True)
     run.add_argument("--dry-run", action="store_true", help="print the command only")
@@ -56,7 +55,6 @@ def _parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("tune", help="measure candidate settings for a grid and rank counts "
                                        "and write the fastest to eophis_hpc.toml")
-    tune.set_defaults(parser=tune)
     tune.add_argument("--grid", type=ca.grid_name, required=True,
                       help="grid preset (ORCA2, eORCA025, ...)")
     tune.add_argument("--levels", type=ca.positive_int, default=1)
@@ -74,7 +72,6 @@ def _parser() -> argparse.ArgumentParser:
     from .bench.report import SECTIONS as BENCH_SECTIONS
     bench = sub.add_parser("bench", help="run the benchmark suite and write a report folder "
                                          "(summary.md, benchmarks.json, machine.json, plots)")
-    bench.set_defaults(parser=bench)
     bench.add_argument("--quick", action="store_true", help="a small matrix (under a minute)")
     bench.add_argument("--out", type=ca.output_dir, default="bench-report",
                        help="report folder (default bench-report)")
@@ -86,12 +83,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds per MPI job before it is killed (default 300)")
     bench.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' run
 
-    info = sub.add_parser("info", help="versions, MPI library, kernel backends, frameworks")
-    info.set_defaults(parser=info)
+    sub.add_parser("info", help="versions, MPI library, kernel backends, frameworks")
 
     fortran = sub.add_parser("fortran", help="where the Fortran/C client is, how to build it in, "
                                              "and the environment for the workers")
-    fortran.set_defaults(parser=fortran)
     fortran.add_argument("--source", action="store_true", help="print the module's path only")
     fortran.add_argument("--include", action="store_true",
                          help="print the folder of the header (and module, when built) only")

@@ -13,7 +13,13 @@ from pathlib import Path
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are a single line ``PROG: error: MESSAGE`` and status 2."""
+    """An ArgumentParser whose errors are a single line ``PROG: error: MESSAGE`` and status 2.
+    Each parser records itself as the ``parser`` default, so the parsed arguments know which
+    (sub)command's parser reports a later error (:func:`fail`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_defaults(parser=self)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
