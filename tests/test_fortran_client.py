@@ -208,6 +208,9 @@ def test_meson_option_builds_library_and_pkg_config(toolchain, tmp_path):
 
 
 def test_run_mpi_uses_the_wrappers_launcher(toolchain, tmp_path):
+    (tmp_path / "model").write_text("")
+    (tmp_path / "model").chmod(0o755)
+    (tmp_path / "closure.py").write_text("")    # run checks both exist, even for --dry-run
     out = _run([sys.executable, "-m", "eophis_hpc.cli", "run", "--mpi", toolchain.wrapper, "-n",
                 "2", "-w", "1", "--dry-run", "./model", "closure.py"], tmp_path, "run --dry-run")
     assert out.stdout.split()[0] == toolchain.mpiexec

@@ -132,10 +132,13 @@ def output_dir(text: str) -> str:
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
-    parent = next((p for p in (path.absolute(), *path.absolute().parents) if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"cannot create or write into {text} ({parent} is not a "
-                                         "writable folder)")
+    parent = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: cannot write there ({parent} is a file, not "
+                                         "a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write there (no permission in "
+                                         f"{parent})")
     return text
 
 
