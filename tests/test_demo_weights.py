@@ -67,7 +67,8 @@ def np_final_transformation(y, min_value):
 
 
 def np_conv_valid(x, weight, bias):
-    """Cross-correlation without padding, as Conv2d does: (N, Cin, H, W) -> (N, Cout, H-k+1, ...)."""
+    """Cross-correlation without padding, as Conv2d does: (N, Cin, H, W) -> (N, Cout, H-k+1,
+    W-k+1)."""
     k = weight.shape[-1]
     win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))
     return np.einsum("nchwij,ocij->nohw", win, weight) + bias[None, :, None, None]
@@ -100,7 +101,8 @@ def test_published_state_dict_loads_as_the_full_network(published_file):
         assert torch.equal(loaded[key], value), key
     # the built-in network still works without weights, and --cnn full builds the published shape
     assert isinstance(gz21.build(), gz21.LightCNN)
-    assert {k: tuple(v.shape) for k, v in gz21.build("full").state_dict().items()} == PUBLISHED_SHAPES
+    full = gz21.build("full").state_dict()
+    assert {k: tuple(v.shape) for k, v in full.items()} == PUBLISHED_SHAPES
 
 
 def test_final_transformation_matches_numpy():

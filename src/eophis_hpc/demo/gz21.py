@@ -25,9 +25,10 @@ HALO = 10
 KERNELS = (5, 5, 3, 3, 3, 3, 3, 3)
 FULL_WIDTHS = (128, 64, 32, 32, 32, 32, 32)   # the published network's hidden channels
 LIGHT_WIDTHS = (16, 8, 8, 8, 8, 8, 8)         # the demo's default: same shape, laptop-sized
-MIN_VALUE = 0.1        # the published transformation's initial min_value (trained weights carry theirs)
+MIN_VALUE = 0.1   # the published transformation's initial min_value (trained weights carry theirs)
 # The published network's mean channels -> the demo ocean's forcing: with the published weights
-# and the demo's velocities (about 0.1) the forcing is then about 1e-3, a few percent of the wind.
+# and the demo's velocities (about 0.1) the forcing is then up to about 1e-3, against a wind
+# stress of 0.02.
 FORCING_SCALE = 0.1
 # The published FullyCNN is an nn.Sequential whose final_transformation is also one of its
 # registered children: Sequential.forward runs it after the last convolution, then
