@@ -164,9 +164,11 @@ def test_tunnel_dict_maps_to_one_eh_tunnel():
         (3600, False, 3, "T"), (86400, False, 1, "U"), (None, True, 1, "T")]
     assert tun.schedule.due(0, 7200) and not tun.schedule.due(1, 7200)  # steps are seconds
     assert t.arriving_list() == ["t", "u"] and t.departure_list() == ["ft"]
-    with pytest.raises(ValueError, match="register one tunnel per grid"):
-        EophisTunnel("T", {"a": {"npts": (10, 10), "halos": 1}, "b": {"npts": (10, 10), "halos": 2}},
-                     [{"freq": 1, "grd": "a", "in": ["x"]}, {"freq": 1, "grd": "b", "in": ["y"]}])
+    two = EophisTunnel("T", {"a": {"npts": (10, 10), "halos": 1}, "b": {"npts": (10, 10), "halos": 2}},
+                       [{"freq": 1, "grd": "a", "in": ["x"]}, {"freq": 1, "grd": "b", "in": ["y"]}])
+    assert [t.halo for t in two.tunnels] == [1, 2]  # one eh tunnel per grid group
+    with pytest.raises(AttributeError, match="2 grid groups"):
+        two.tunnel
     with pytest.raises(ValueError, match="whole number of seconds"):
         EophisTunnel("T", {"a": {"npts": (10, 10)}}, [{"freq": 0.5, "grd": "a", "in": ["x"]}])
 
@@ -181,7 +183,8 @@ def test_router_sees_xyz_views_and_returns_without_copy():
         seen["a"], seen["b"] = a, b
         return {"c": a * 2.0}
 
-    out = t.wrap_router(router)(a=batch, b=None, m=batch)
+    joint = t.joint_router(router, 60, "threads")
+    out = joint.for_group(0)(step=60, a=batch, b=None, m=batch)
     a = seen["a"]
     assert a.shape == (8, 6, 2) and np.shares_memory(a, batch) and seen["b"] is None
     assert a[3, 2, 1] == batch[0, 1, 2, 3]

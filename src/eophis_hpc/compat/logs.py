@@ -1,6 +1,9 @@
 """Eophis' logs: ``info`` writes ``eophis.out`` (worker 0 only), ``warning`` and ``abort`` write
 ``eophis.err`` with the rank, file and line of the caller; ``abort`` then ends the whole MPI job.
 
+As in Eophis, the end of the Python process closes the tunnels and writes ``EOPHIS run
+finished`` (registered with :mod:`atexit` when the first message is written; not after an abort).
+
 Before the tunnels are open the workers' own ranks are unknown (in an MPMD launch the model
 holds world rank 0), so messages are kept until :func:`set_rank` is called, as Eophis does, and
 written at once in a single-process run (preproduction). ``abort`` in a single process raises
@@ -8,6 +11,7 @@ written at once in a single-process run (preproduction). ``abort`` in a single p
 """
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 import sys
@@ -24,6 +28,10 @@ class _State:
     directory: str | None = None  # where the log files go (the cwd at the first message)
     buffer: list = []
     started = False
+    finisher = None               # what the end of the run does first (close the tunnels)
+    at_exit = False               # finish() is registered with atexit
+    finished = False
+    aborted = False
 
 
 def _world():
@@ -54,8 +62,31 @@ def _write(name: str, text: str, truncate: bool = False) -> None:
         fh.write(text + "\n")
 
 
+def set_finisher(fn) -> None:
+    """``fn()`` runs at the end of the process, before ``EOPHIS run finished`` is written."""
+    _State.finisher = fn
+
+
+def finish() -> None:
+    """The end of an Eophis run (at exit): close the tunnels, write ``EOPHIS run finished``."""
+    if _State.aborted or _State.finished or not _State.at_exit:
+        return
+    _State.finished = True
+    if _State.finisher is not None:
+        _State.finisher()
+    info("\nEOPHIS run finished")
+    flush()
+
+
+def _register_finish() -> None:
+    if not _State.at_exit and not _State.finished:
+        _State.at_exit = True
+        atexit.register(finish)
+
+
 def _start() -> None:
     """Rank 0 starts fresh log files (as Eophis opens them in 'w' mode)."""
+    _register_finish()
     if not _State.started:
         _State.started = True
         if _known_rank() == 0:
@@ -85,6 +116,7 @@ def info(message: str = "") -> None:
     """An informational message in ``eophis.out`` (written by worker 0)."""
     rank = _known_rank()
     if rank is None:
+        _register_finish()
         _State.buffer.append(str(message))
         return
     flush()
@@ -116,6 +148,7 @@ def abort(message: str = "Error not described") -> None:
     """An error in ``eophis.err``, then the end of the whole MPI job (``MPI_Abort``), or
     :class:`EophisAbort` in a single process."""
     _start()
+    _State.aborted = True
     rank = _rank_label()
     _write(ERR, f"ERROR [RANK:{rank}] {_caller()}: {message}")
     info(f"RUN ABORTED by rank {rank} see error log for details")
@@ -136,3 +169,8 @@ def reset() -> None:
     _State.directory = None
     _State.buffer = []
     _State.started = False
+    _State.aborted = False
+    _State.finished = False
+    if _State.at_exit:
+        atexit.unregister(finish)
+        _State.at_exit = False

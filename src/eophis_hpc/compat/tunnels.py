@@ -3,11 +3,12 @@ namcouple in preproduction, the all-in-all-out loop in production.
 
 An Eophis tunnel dictionary (``label``, ``grids`` ``{name: {npts, halos, bnd, folding}}``,
 ``exchs`` ``[{freq, grd, lvl, in, out}]``, optional ``geo_aliases``/``py_aliases``) becomes one
-``eh.Tunnel`` with one tile per worker. Frequencies stay in seconds: the tunnel's step unit is the
-second (``dt=1``, ``every=freq``), so the "step" the model side passes is the date in seconds, as
-OASIS dates are; static exchanges stay static. The grids of one tunnel must share their size,
-halo and boundary conditions (they may differ in their fold point type, T/U/V/F, which becomes
-the exchange's ``point``).
+``eh.Tunnel`` per grid group (:mod:`.groups`: the exchanges whose grids share size, halo and
+boundary conditions; a grid's point type T/U/V/F becomes the exchange's ``point``), each with one
+tile per worker. Frequencies stay in seconds: the tunnels' step unit is the second (``dt=1``,
+``every=freq``), so the "step" the model side passes is the date in seconds, as OASIS dates are;
+static exchanges stay static. The router is called once per date with every input of the Eophis
+tunnel, whatever the number of groups.
 
 The router receives, for every non-static input, the ``(x, y, z)`` = ``(nx_loc + 2h,
 ny_loc + 2h, lvl)`` float64 view ``batch[0].transpose(2, 1, 0)`` of the worker's batch (no copy)
@@ -20,16 +21,20 @@ seconds as steps); OASIS with :func:`set_transport` ``("oasis")`` or ``EOPHIS_HP
 """
 from __future__ import annotations
 
+import datetime
 import os
-
-import numpy as np
 
 from ..oasis import namcouple as nc
 from ..grid import Grid
 from ..protocol.schedule import Exchange
-from ..errors import CouplingError
 from ..tunnel import Tunnel as _EhTunnel
 from . import logs
+from .groups import JointRouter, from_xyz, grid_groups, serve_in_threads, xyz
+
+__all__ = ["Domains", "EophisTunnel", "Freqs", "Mode", "all_in_all_out", "close_tunnels",
+           "from_xyz", "get_transport", "grid_from_dict", "open_tunnels", "register_tunnels",
+           "reset", "set_mode", "set_transport", "starter", "tunnels_ready",
+           "write_coupling_namelist", "xyz"]
 
 TRANSPORTS = ("mpi", "oasis")
 COMPONENT = "eophis"
@@ -144,9 +149,9 @@ def exchange_from_dict(ex: dict, grids: dict, k: int) -> Exchange:
 
 
 class EophisTunnel:
-    """What ``register_tunnels`` returns: an Eophis tunnel backed by an :class:`eh.Tunnel`
-    (``.tunnel``), with Eophis' ``label``, ``receive(name)``, ``arriving_list()``,
-    ``departure_list()``."""
+    """What ``register_tunnels`` returns: an Eophis tunnel backed by one :class:`eh.Tunnel` per
+    grid group (``.tunnels``; ``.tunnel`` when there is one group), with Eophis' ``label``,
+    ``receive(name)``, ``arriving_list()``, ``departure_list()``."""
 
     def __init__(self, label, grids, exchs, geo_aliases=None, py_aliases=None, transport="mpi"):
         self.label = str(label)
@@ -156,41 +161,58 @@ class EophisTunnel:
             raise ValueError(f"tunnel {label}: 'grids' must be a non-empty dict")
         self.grids = {name: grid_from_dict(name, info) for name, info in grids.items()}
         self.exchs = list(exchs)
-        used = []
         for k, ex in enumerate(self.exchs):
             if not isinstance(ex, dict):
                 raise ValueError(f"tunnel {label}: exchange {k} must be a dict, got {ex!r}")
             if ex.get("grd") not in self.grids:
                 raise ValueError(f"tunnel {label}: exchange {k} uses grid {ex.get('grd')!r}, not "
                                  f"one of {sorted(self.grids)}")
-            if ex["grd"] not in used:
-                used.append(ex["grd"])
-        if not used:
+        if not self.exchs:
             raise ValueError(f"tunnel {label}: no exchange")
-        ref, halo = self.grids[used[0]]
-        for name in used[1:]:
-            g, h = self.grids[name]
-            same = (g.nx, g.ny, g.east_west, g.south, g.north, h) == \
-                (ref.nx, ref.ny, ref.east_west, ref.south, ref.north, halo)
-            if not same or (g.north == "fold" and g.pivot != ref.pivot):
-                raise ValueError(f"tunnel {label}: grids {used[0]!r} and {name!r} differ in size, "
-                                 "halo or boundary conditions; eophis_hpc maps a tunnel to one "
-                                 "grid (they may differ in their fold point type only): register "
-                                 "one tunnel per grid")
-        self.grid, self.halo = ref, halo
-        exchanges = [exchange_from_dict(ex, self.grids, k) for k, ex in enumerate(self.exchs)]
+        self.groups = grid_groups(self.grids, self.exchs)
         self.transport = transport
-        self.tunnel = _EhTunnel(ref, halo, exchanges, dt=1, transport=transport,
-                                framework="numpy", verbose=False)
+        self.tunnels = []
+        for group in self.groups:
+            exchanges = [exchange_from_dict(self.exchs[k], self.grids, k)
+                         for k in group.exchanges]
+            self.tunnels.append(_EhTunnel(group.grid, group.halo, exchanges, dt=1,
+                                          transport=transport, framework="numpy",
+                                          verbose=False))
         self.static_used = {name: False for ex in self.exchs if ex["freq"] == Freqs.STATIC
                              for name in list(ex.get("in") or []) + list(ex.get("out") or [])}
-        self.calls = 0
+        self.joint = None
+
+    @property
+    def tunnel(self):
+        """The eophis_hpc tunnel, when all the exchanges share one grid group."""
+        if len(self.tunnels) != 1:
+            raise AttributeError(f"tunnel {self.label} has {len(self.tunnels)} grid groups: use "
+                                 ".tunnels")
+        return self.tunnels[0]
+
+    @property
+    def calls(self) -> int:
+        """How many times the router was called."""
+        return 0 if self.joint is None else self.joint.calls
+
+    def _names(self, g: int, key: str) -> list[str]:
+        return [n for k in self.groups[g].exchanges if self.exchs[k]["freq"] != Freqs.STATIC
+                for n in self.exchs[k].get(key) or []]
 
     def arriving_list(self) -> list[str]:
         return [n for ex in self.exchs if ex["freq"] != Freqs.STATIC for n in ex.get("in") or []]
 
     def departure_list(self) -> list[str]:
         return [n for ex in self.exchs if ex["freq"] != Freqs.STATIC for n in ex.get("out") or []]
+
+    def group_of(self, name: str) -> int:
+        """The grid group whose eophis_hpc tunnel carries field ``name``."""
+        for g, group in enumerate(self.groups):
+            for k in group.exchanges:
+                ex = self.exchs[k]
+                if name in list(ex.get("in") or []) + list(ex.get("out") or []):
+                    return g
+        raise KeyError(f"tunnel {self.label}: no field {name!r}")
 
     def receive(self, var_label: str, date=None):
         """A static field, received before the loop, as an ``(x, y, z)`` float64 view."""
@@ -202,49 +224,20 @@ class EophisTunnel:
                          "done, skipped")
             return None
         logs.info(f"\n-!- Static receive of {var_label} through tunnel {self.label}")
-        batch = self.tunnel.receive(var_label)
+        batch = self.tunnels[self.group_of(var_label)].receive(var_label)
         self.static_used[var_label] = True
         return xyz(batch)
 
-    def wrap_router(self, router):
-        """The user's router as an eh.Tunnel router: (x, y, z) views in, batches out."""
-        arriving = self.arriving_list()
-        outputs = set(self.departure_list())
-
-        def eh_router(**batches):
-            inputs = {name: None if batches.get(name) is None else xyz(batches[name])
-                      for name in arriving}
-            result = router(**inputs)
-            if result is None:
-                result = {}
-            if not isinstance(result, dict):
-                raise CouplingError(f"tunnel {self.label}: the router must return a dict, got "
-                                    f"{type(result).__name__}")
-            out = {}
-            for name, value in result.items():
-                if name not in outputs:
-                    raise CouplingError(f"tunnel {self.label}: the router returned {name!r}, not "
-                                        f"an output of the tunnel ({sorted(outputs)})")
-                out[name] = None if value is None else from_xyz(value, name)
-            self.calls += 1
-            return out
-        return eh_router
-
-
-def xyz(batch) -> np.ndarray:
-    """``(1, z, y, x)`` batch -> the ``(x, y, z)`` view Eophis users get (no copy)."""
-    arr = np.asarray(batch)
-    if arr.ndim != 4 or arr.shape[0] != 1:
-        raise CouplingError(f"expected one tile per worker (1, z, y, x), got {arr.shape}")
-    return arr[0].transpose(2, 1, 0)
-
-
-def from_xyz(value, name: str) -> np.ndarray:
-    """An ``(x, y, z)`` output -> the ``(1, z, y, x)`` batch view (no copy when possible)."""
-    arr = np.asarray(value)
-    if arr.ndim != 3:
-        raise CouplingError(f"output {name!r}: expected an (x, y, z) array, got shape {arr.shape}")
-    return arr.transpose(2, 1, 0)[None]
+    def joint_router(self, router, step, mode: str, advance=None) -> JointRouter:
+        """The user's router over the groups' tunnels (registered as their routers)."""
+        n = len(self.groups)
+        self.joint = JointRouter(self.label, self.tunnels,
+                                 [self._names(g, "in") for g in range(n)],
+                                 [self._names(g, "out") for g in range(n)],
+                                 router, step, mode, advance)
+        for g, t in enumerate(self.tunnels):
+            t.router(self.joint.for_group(g))
+        return self.joint
 
 
 # ---------------------------------------------------------------------- Eophis API
@@ -311,16 +304,24 @@ def open_tunnels() -> None:
     tunnels = _Registry.tunnels
     if get_transport() == "oasis":
         from ..oasis import engine as oasis_worker
+        fields = {(f.tunnel, f.name): f for f in coupling_fields()}
+        subs, labels, geo, py = [], [], [], []
+        for t in tunnels:
+            for sub in t.tunnels:
+                names = list(sub.schedule.fields)
+                subs.append(sub)
+                labels.append(t.label)
+                geo.append({n: fields[(t.label, n)].geo_alias for n in names})
+                py.append({n: fields[(t.label, n)].py_alias for n in names})
         _Registry.session = oasis_worker.open_session(
-            [t.tunnel for t in tunnels], component=COMPONENT, labels=[t.label for t in tunnels],
-            geo_aliases=[t.raw["geo_aliases"] for t in tunnels],
-            py_aliases=[t.raw["py_aliases"] for t in tunnels])
+            subs, component=COMPONENT, labels=labels, geo_aliases=geo, py_aliases=py)
         logs.set_rank(_Registry.session.rank)
     else:
         for t in tunnels:
-            t.tunnel.open()
+            for sub in t.tunnels:  # the model side connects in the same order (compat.model)
+                sub.open()
         if tunnels:
-            logs.set_rank(tunnels[0].tunnel.rank)
+            logs.set_rank(tunnels[0].tunnels[0].rank)
     _Registry.opened = True
 
 
@@ -340,6 +341,14 @@ def close_tunnels(reread: bool = True) -> None:
     _Registry.session = None
 
 
+def _finish() -> None:
+    """Eophis' end of run: the tunnels are closed again (as Eophis does at exit)."""
+    close_tunnels(reread=False)
+
+
+logs.set_finisher(_finish)
+
+
 def starter(loop_router):
     """Start an assembled loop (``@all_in_all_out``)."""
     return loop_router()
@@ -349,15 +358,18 @@ def all_in_all_out(geo_model, step, niter):
     """Eophis' all-in-all-out loop: ``niter`` iterations of ``step`` seconds; at each, every
     input of ``geo_model`` (None when not due) goes to the router, whose outputs go back.
 
-    Over MPI the loop serves the model ranks until they close; over OASIS it runs ``niter``
-    iterations at dates ``int(it * step)``. The router is called when at least one exchange is
-    due (Eophis also calls it, with every input None, at the other iterations)."""
+    Over MPI the loop serves the model ranks until they close (one thread per grid group when
+    the tunnel has several); over OASIS it runs ``niter`` iterations at dates ``int(it * step)``.
+    The router is called once per date where at least one exchange is due (Eophis also calls
+    it, with every input None, at the other iterations); ``eophis.out`` gets Eophis'
+    per-iteration lines for those calls."""
     def assembler(router=None):
         def base_loop(*args, **kwargs):
             logs.info("\n-------------------- RUN LOOP ----------------------")
             logs.info(f"Number of iterations : {niter}")
-            logs.info(f"Time step : {step}s")
-            logs.info(f"Total Time : {niter * step}s \n")
+            logs.info(f"Time step : {step}s -- {datetime.timedelta(seconds=step)}")
+            logs.info(f"Total Time : {niter * step}s -- "
+                      f"{datetime.timedelta(seconds=niter * step)} \n")
             if not callable(router):
                 logs.abort("No Router defined")
             if not isinstance(geo_model, EophisTunnel):
@@ -367,19 +379,33 @@ def all_in_all_out(geo_model, step, niter):
                 logs.abort("all_in_all_out: open_tunnels() first")
             if not tunnels_ready():
                 logs.abort("Static variables must be exchanged before starting any loop")
-            eh_tunnel = geo_model.tunnel
-            eh_tunnel.router(geo_model.wrap_router(router))
             if geo_model.transport == "oasis":
-                from ..oasis import engine as oasis_worker
-                engine = eh_tunnel.engine
-                for it in range(int(niter)):
-                    oasis_worker.guarded(engine.rank, lambda it=it: engine.step(int(step * it)))
+                run_oasis_loop(geo_model, router, step, niter)
             else:
-                eh_tunnel.run()
+                geo_model.joint_router(router, step, "threads")
+                serve_in_threads(geo_model.tunnels)
             logs.info(f"Router called {geo_model.calls} times")
             logs.info("------------------- END OF LOOP -------------------")
         return base_loop
     return assembler
+
+
+def run_oasis_loop(geo_model: EophisTunnel, router, step, niter) -> None:
+    """The OASIS loop: ``niter`` iterations at dates ``int(it * step)``; at each, the first due
+    grid group is stepped and steps the others (:class:`JointRouter`, ``nested``). Any error
+    ends the whole MPI job (the model's OASIS component would wait forever)."""
+    from ..oasis import engine as oasis_worker
+    engines = [t.engine for t in geo_model.tunnels]  # attached by open_session
+
+    def advance(g: int, date: int) -> None:
+        engines[g].step(date)
+
+    joint = geo_model.joint_router(router, step, "nested", advance)
+    for it in range(int(niter)):
+        date = int(step * it)
+        due = joint.due_groups(date)
+        if due:
+            oasis_worker.guarded(engines[due[0]].rank, lambda g=due[0], d=date: advance(g, d))
 
 
 def reset() -> None:
