@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import eophis_hpc.compat as eophis
-from eophis_hpc import namcouple as nc
+from eophis_hpc.oasis import namcouple as nc
 from eophis_hpc.compat import group_grids
 from eophis_hpc.compat.tunnels import EophisTunnel
-from eophis_hpc.runtime import oasis_worker
+from eophis_hpc.oasis import engine as oasis_worker
 
 from mpi_util import APPS, mpiexec
 

@@ -16,7 +16,7 @@ import pyoasis
 from mpi4py import MPI
 
 import eophis_hpc as eh
-from eophis_hpc import namcouple as nc
+from eophis_hpc.oasis import namcouple as nc
 
 from eophis_grids_common import expected, inputs
 from eophis_grids_script import NPTS, earth_info
@@ -29,6 +29,7 @@ def fail(message: str) -> None:
 
 
 def main() -> None:
+    eh.errors.release_exit_guard()  # the model side is plain pyoasis: it never joins eophis_hpc
     px, py = (int(v) for v in sys.argv[1:3])
     (cfg,), nml = earth_info()
     step, it_end, it_0 = nml.get("rn_Dt", "nn_itend", "nn_it000")
