@@ -13,7 +13,8 @@ Sections (each figure is measured next to a baseline of the same bytes in the sa
 - ``roundtrip``: MPI round trips (``eophis_hpc.bench.roundtrip``, one MPMD job each):
   eophis_hpc vs raw MPI vs naive gather/pad/scatter in the same job;
 - ``staging``: the tunnel's host/device copies against a plain pinned copy (GPU only);
-- ``oasis``: needs pyoasis (reported as skipped otherwise).
+- ``oasis``: pyoasis alone, eophis_hpc over OASIS and eophis_hpc over MPI, same field, ranks and
+  steps (:mod:`.oasis_probe`; skipped, with the reason, where pyoasis cannot run).
 
 Files in the output folder: ``summary.md``, ``benchmarks.json`` (pytest-benchmark's layout:
 ``pytest-benchmark compare DIR/benchmarks.json``), ``machine.json``, ``roundtrip-records.json``,
@@ -27,62 +28,14 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import plots, records, runner
+from . import oasis_probe, plots, records, runner
+from .modes import KERNEL_PLAN, MODES, Mode
 from .copyjobs import make_pack_job, make_unpack_job, sample_times
 
 SECTIONS = ("kernels", "plan", "mpi", "roundtrip", "staging", "oasis")
-KERNEL_PLAN = ("eORCA025", 8, 8, 16, 10)  # grid, px, py, tiles, halo
-# (grid, px, py, tiles, target seconds or None); issue 2's targets
-PLAN_CASES = {"quick": [("eORCA025", 40, 25, 128, 1.0)],
-              "full": [("eORCA025", 40, 25, 128, 1.0), ("eORCA025", 80, 50, 512, None),
-                       ("4320x3057", 100, 80, 512, 10.0)]}
-
-
-@dataclass(frozen=True)
-class Mode:
-    """How much a run measures: ``full``, ``quick`` or ``smoke`` (the test suite's: the same
-    code paths with the fewest rounds)."""
-
-    name: str
-    levels: tuple[int, ...]  # kernel message sizes, as level counts
-    max_time: float  # seconds per kernel method and size (at least 5 rounds)
-    plan_cases: list = field(default_factory=list)
-    plan_rounds: int = 3
-    quiet_wait: float = 1.0  # seconds, at most, waiting for idle cores before an MPI job
-    ping_time: float = 0.2  # seconds per ping-pong size
-
-    def roundtrips(self) -> list[dict]:
-        make = records.make
-        if self.name == "smoke":
-            return [make("eORCA05", 1, "float64", (1, 1), 10, "packed"),
-                    make("eORCA05", 1, "float64", (2, 1), 10, "datatype")]
-        pqs = [(1, 1), (2, 1)]
-        if self.name == "quick":
-            return [make("eORCA05", 1, "float64", pq, h, s) for s in ("packed", "datatype")
-                    for h in (0, 10) for pq in pqs]
-        cores = os.cpu_count() or 1
-        pqs += [pq for pq in ((1, 2), (2, 2), (4, 2), (4, 4), (8, 4), (8, 8))
-                if sum(pq) <= max(4, cores)]
-        fields = (("eORCA05", 1, "float64"), ("eORCA025", 1, "float64"), ("eORCA05", 75, "float32"))
-        return [make(g, nz, dt, pq, h, s) for g, nz, dt in fields for h in (0, 10)
-                for s in ("packed", "datatype") for pq in pqs]
-
-    def steps(self, c: dict) -> dict:
-        if self.name == "smoke":
-            return {"warmup": 1, "steps": 4}
-        return records.steps_for(c, self.name == "quick")
-
-
-MODES = {"full": Mode("full", (1, 4, 16, 75), 0.5, PLAN_CASES["full"], quiet_wait=5.0),
-         "quick": Mode("quick", (1, 8, 32), 0.15, PLAN_CASES["quick"]),
-         "smoke": Mode("smoke", (1, 4), 0.01, PLAN_CASES["quick"], plan_rounds=1,
-                       quiet_wait=0.0, ping_time=0.01)}
-
-
 class OutputError(Exception):
     """The output folder cannot be written."""
 
@@ -116,6 +69,7 @@ class Bench:
         self.mpi_rows: list[dict] = []
         self.roundtrip_records: list[dict] = []
         self.staging_rows: list[dict] = []
+        self.oasis_rows: list[dict] = []
         self.notes: dict[str, str] = {}  # section -> why it was skipped
         self.failed: list[tuple[str, str]] = []
         self.seconds: dict[str, float] = {}
@@ -242,17 +196,12 @@ class Bench:
                      f"[{time.perf_counter() - t0:.1f} s]")
 
     def run_oasis(self) -> None:
-        from ..oasis import component as oasis
-        if not oasis.available():
-            self.notes["oasis"] = (
-                "skipped: pyoasis (OASIS3-MCT's Python API, built from source with OASIS3-MCT) "
-                "is not installed; the round-trip table compares with published pyoasis "
-                "figures instead")
-        else:
-            self.notes["oasis"] = (
-                "skipped: pyoasis is installed, but this version of eophis-hpc bench has no "
-                "OASIS round-trip probe; tests/test_oasis_transport.py checks the coupled path")
-        self.log(f"[oasis] {self.notes['oasis']}")
+        self.oasis_rows, note, failed = oasis_probe.run(self.out / "jobs", self.mode.name,
+                                                        self.timeout, self.log)
+        self.failed += failed
+        if note:
+            self.notes["oasis"] = note
+            self.log(f"[oasis] {note}")
 
     # ----------------------------------------------------------------------- results
     def kernel_figures(self) -> list[dict]:
@@ -347,7 +296,8 @@ class Bench:
                         name, f"staging {d} {s['levels']} levels", fn + name,
                         {"levels": s["levels"], "direction": d, "path": path},
                         {"bytes": s["bytes"], "ratio": s[d]["ratio"]}, samples))
-        return out + records.roundtrip_entries(self.roundtrip_records)
+        return (out + records.roundtrip_entries(self.roundtrip_records)
+                + oasis_probe.entries(self.oasis_rows))
 
 
 def _field(c: dict) -> str:
@@ -417,9 +367,8 @@ def summary_md(b: Bench, machine_text: str, started: str, total_s: float, pngs: 
     if b.roundtrip_records or rt_failed:
         lines += ["One field out to the workers and back per step; in the same job: eophis_hpc, "
                   "raw MPI Isend/Irecv of the same boxes, naive gather/pad/scatter. ratio = "
-                  "eophis_hpc / raw MPI; x naive = naive / eophis_hpc; x OASIS = published "
-                  "pyoasis figure / eophis_hpc (2:1 float64 one level only); * = more ranks "
-                  f"than cores ({os.cpu_count()}); ! = other processes used more than "
+                  "eophis_hpc / raw MPI; x naive = naive / eophis_hpc (OASIS: see below); * = "
+                  f"more ranks than cores ({os.cpu_count()}); ! = other processes used more than "
                   f"{records.DISTURBED_CORES} cores during the job.", ""]
         lines += records.table(b.roundtrip_records, rt_failed).splitlines()
         lines += ["", "Time per step on the workers (slowest worker, medians, ms):", ""]
@@ -438,7 +387,8 @@ def summary_md(b: Bench, machine_text: str, started: str, total_s: float, pngs: 
         lines += _md_table(["case", "MB", "staging ms", "plain pinned copy ms", "ratio"], rows)
     else:
         lines.append(b.notes.get("staging", "not measured"))
-    lines += ["", "## OASIS", "", b.notes.get("oasis", "not measured"), "", "## Plots", ""]
+    lines += ["", "## OASIS", ""] + oasis_probe.markdown(b.oasis_rows, b.notes.get("oasis", ""))
+    lines += ["", "## Plots", ""]
     lines += [f"![{p}]({p})" for p in pngs] or [plot_note]
     lines += ["", "## Machine", "", "```", machine_text, "```", ""]
     return "\n".join(lines)
@@ -506,6 +456,8 @@ def main(args) -> int:
     for name in ("staging", "oasis"):
         if name in b.notes and name in sections:
             _log(f"  {name}: {b.notes[name]}")
+    for line in oasis_probe.log_lines(b.oasis_rows):
+        _log(f"  {line}")
     _log(f"\n{len(entries)} benchmarks, {len(b.failed)} failed, "
          f"{total:.0f} s; report: {out / 'summary.md'}"
          + (f", plots: {', '.join(pngs)}" if pngs else ""))

@@ -17,8 +17,8 @@ from ..launch import find_mpiexec
 from . import records
 
 
-def _launch(cmd: list[str], workdir: Path, rec_path: Path,
-            timeout: float) -> tuple[dict | None, str]:
+def launch(cmd: list[str], workdir: Path, rec_path: Path,
+           timeout: float) -> tuple[dict | None, str]:
     """Run ``cmd`` in ``workdir``; returns ``(the JSON at rec_path, "")`` or ``(None, why)``.
     Past ``timeout`` seconds the job's whole process group is killed."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -56,7 +56,7 @@ def run_job(cfg: dict, workdir: Path, timeout: float, ident: str) -> tuple[dict 
     prog = [sys.executable, "-m", "eophis_hpc.bench.roundtrip"]
     cmd = [find_mpiexec(), "-n", str(cfg["P"]), *prog, "model", str(cfg_path),
            ":", "-n", str(cfg["Q"]), *prog, "worker", str(cfg_path)]
-    return _launch(cmd, workdir, rec_path, timeout)
+    return launch(cmd, workdir, rec_path, timeout)
 
 
 def run_pingpong(sizes: list[int], workdir: Path, timeout: float) -> tuple[dict | None, str]:
@@ -65,7 +65,7 @@ def run_pingpong(sizes: list[int], workdir: Path, timeout: float) -> tuple[dict 
     workdir, cfg_path, rec_path = _paths(workdir, "pingpong", {"sizes": sizes}, timeout)
     cmd = [find_mpiexec(), "-n", "2", sys.executable, "-m", "eophis_hpc.bench.pingpong",
            str(cfg_path)]
-    return _launch(cmd, workdir, rec_path, timeout)
+    return launch(cmd, workdir, rec_path, timeout)
 
 
 # --------------------------------------------------------------------------- machine load
