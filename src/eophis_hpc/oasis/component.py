@@ -21,13 +21,11 @@ import numpy as np
 
 INSTALL_HINT = (
     "transport='oasis' needs pyoasis, the Python API of OASIS3-MCT, which is not on PyPI: it is "
-    "built with OASIS3-MCT from source. Clone https://gitlab.com/cerfacs/oasis3-mct (tag "
-    "OASIS3-MCT_5.0 or later), compile the libraries as shared objects (DYNOPT=-fPIC, "
-    "LDDYNOPT=-shared in your make.<arch> file) with 'make -f TopMakefileOasis3 pyoasis' in "
-    "util/make_dir, with the MPI your mpi4py uses, then 'source <build dir>/python/init.sh' to "
-    "set PYTHONPATH and LD_LIBRARY_PATH (OASIS3-MCT user guide, chapter 'Compiling, running and "
-    "debugging', and the pyoasis documentation in oasis3-mct/pyoasis/docs). Use "
-    "transport='mpi' (the default) to couple without OASIS")
+    "built with OASIS3-MCT from source, as shared libraries, with a system MPI that has a "
+    "Fortran compiler (the mpich wheel has none), and mpi4py must load that same MPI library "
+    "('eophis-hpc fortran --env mpifort' prints the exports). Step by step, with the usual "
+    "traps and their error messages: docs/usage.md, 'Setting up OASIS with a system MPI'. "
+    "Use transport='mpi' (the default) to couple without OASIS")
 
 
 def pyoasis_module():
