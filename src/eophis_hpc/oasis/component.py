@@ -21,7 +21,8 @@ import numpy as np
 
 INSTALL_HINT = (
     "transport='oasis' needs pyoasis, the Python API of OASIS3-MCT, which is not on PyPI: it is "
-    "built with OASIS3-MCT from source, as shared libraries, with a system MPI that has a "
+    "built with OASIS3-MCT from source (https://gitlab.com/cerfacs/oasis3-mct, 5.0 or later), "
+    "as shared libraries, with a system MPI that has a "
     "Fortran compiler (the mpich wheel has none), and mpi4py must load that same MPI library "
     "('eophis-hpc fortran --env mpifort' prints the exports). Step by step, with the usual "
     "traps and their error messages: docs/usage.md, 'Setting up OASIS with a system MPI'. "
