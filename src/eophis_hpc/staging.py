@@ -175,16 +175,15 @@ class Feed:
         """Receiver keywords: device buffers and kernels in ``direct`` mode."""
         if self.policy.mode != "direct":
             return {}
-        from . import kernels
         return {"alloc": lambda n, dt: self.ad.device_empty((n,), dt),
-                "mpi_buf": device.mpi_buffer, "backend": kernels.device_backend()}
+                "mpi_buf": device.mpi_buffer,
+                "backend": device.device_backend(self.ad.kernel_stream)}
 
     def send_options(self) -> dict:
         if self.policy.mode != "direct":
             return {}
-        from .kernels import numba_cuda
         opts = self.recv_options()
-        opts["sync"] = numba_cuda.synchronize
+        opts["sync"] = device.synchronize
         return opts
 
     # ------------------------------------------------------------------ static fields
@@ -280,14 +279,14 @@ class Feed:
                 result = call(kwargs, r0, r1)
                 for s in specs:
                     value = result[s.name]
+                    self._check(s, [(r0, r1, value)])  # a bad dtype named before any view
                     if mode == "host":
                         value = np.ascontiguousarray(self.ad.host_view(value, f"output {s.name!r}"))
                     else:
                         value = self.ad.as_device(value)
                     chunks[s.name].append((r0, r1, value))
             if mode == "direct":  # the device is idle before MPI reuses any device buffer
-                from .kernels import numba_cuda
-                numba_cuda.synchronize()
+                device.synchronize()
             self.timings.add("model", time.perf_counter() - t0)
         return {s.name: self._target(s, chunks[s.name]) for s in specs}
 
@@ -301,6 +300,7 @@ class Feed:
             result = call({kw: self.static_model[kw] for kw in keywords}, 0, n)
             for s in specs:
                 value = result[s.name]
+                self._check(s, [(0, n, value)])
                 value = (self.ad.as_device(value) if self.policy.mode == "direct" else
                          np.ascontiguousarray(device.host_view(value, f"output {s.name!r}")))
                 chunks[s.name].append((0, n, value))
@@ -388,14 +388,17 @@ class Feed:
             m0 = ad.event()
             ad.record(m0, comp)
             result = call({kw: self.dev[kw][r0:r1] for kw in keywords}, r0, r1)
+            ready = []
+            for s in specs:  # before m1: another framework's work is ordered on comp first,
+                value = result[s.name]  # and a strided output is made contiguous there
+                self._check(s, [(r0, r1, value)])
+                ready.append((s, ad.contiguous(ad.as_device(value))))
             m1 = ad.event()
             ad.record(m1, comp)
             ad.wait(self.s_d2h, m1)
             d0 = ad.event()
             ad.record(d0, self.s_d2h)
-            for s in specs:
-                value = ad.as_device(result[s.name])
-                self._check(s, [(r0, r1, value)])
+            for s, value in ready:
                 out = self._out_buffer(s, value, n, first=c == 0)
                 ad.d2h(out[r0:r1], value, self.s_d2h)
                 kept.append(value)

@@ -77,9 +77,3 @@ def get(name: str | None = None) -> Backend:
         raise RuntimeError(f"kernel backend {name!r} is not available here ({_errors[name]})")
     return backend
 
-
-def device_backend() -> Backend:
-    """The GPU kernels (Numba CUDA, ``kernels/numba_cuda.py``) for buffers in device memory;
-    not part of :data:`ORDER`: chosen by ``device.py``'s ``direct`` mode only."""
-    mod = importlib.import_module("eophis_hpc.kernels.numba_cuda")
-    return Backend("numba-cuda", mod.pack, mod.unpack, mod.fill)
