@@ -33,7 +33,7 @@ def output_dtype(name: str, dtype, where: str = "") -> np.dtype:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt not in FLOATS:
+    if dt is None or dt not in FLOATS:  # (None in FLOATS is True: np.dtype(None) is float64)
         raise CouplingError(f"output {name!r}{where}: dtype {dtype} is not float32/float64")
     return dt
 
