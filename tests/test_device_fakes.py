@@ -17,7 +17,7 @@ import eophis_hpc as eh
 from eophis_hpc import device
 from eophis_hpc.device import cuda_adapters, policy as policy_mod
 from eophis_hpc.errors import CouplingError
-from eophis_hpc.runtime.schedule import Schedule
+from eophis_hpc.protocol.schedule import Schedule
 from eophis_hpc.runtime.timings import Timings
 from eophis_hpc.staging import Feed
 from test_device import HAS, SIM, needs, run_python
@@ -411,7 +411,7 @@ def test_numba_staged_strided_outputs_and_nan_pools_in_the_simulator():
         cuda.device_array, cuda.pinned_array = nan_device_array, nan_pinned
         import eophis_hpc as eh
         from eophis_hpc import device
-        from eophis_hpc.runtime.schedule import Schedule
+        from eophis_hpc.protocol.schedule import Schedule
         from eophis_hpc.runtime.timings import Timings
         from eophis_hpc.staging import Feed
         sched = Schedule([eh.Exchange(inputs=["u"], outputs=["fu"], levels=2)])

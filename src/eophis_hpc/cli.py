@@ -1,4 +1,4 @@
-"""Command line: ``eophis-hpc demo | run | tune | bench | info | fortran``."""
+"""Command line: ``eophis-hpc demo | run | tune | bench | info | fortran | gpu-check``."""
 from __future__ import annotations
 
 import argparse
@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="versions, MPI library, kernel backends, frameworks")
 
+    gpu = sub.add_parser("gpu-check", help="on a GPU node, first: environment, device kernels, "
+                                           "staging, overlap, coupled runs (report + exit code)")
+    gpu.add_argument("--quick", action="store_true", help="fewer cases and repeats")
+    gpu.add_argument("--out", default="gpu-check", help="report folder (default gpu-check)")
+
     fortran = sub.add_parser("fortran", help="where the Fortran/C client is, how to build it in, "
                                              "and the environment for the workers")
     fortran.add_argument("--source", action="store_true", help="print the module's path only")
@@ -119,6 +124,9 @@ def main(argv=None) -> int:
         return 0
     if args.command == "fortran":
         return _fortran(args)
+    if args.command == "gpu-check":
+        from .gpucheck import main as gpu_check_main
+        return gpu_check_main(args)
     return 2
 
 

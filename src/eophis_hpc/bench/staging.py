@@ -1,105 +1,14 @@
-"""GPU staging measurements shared by ``benchmarks/test_bench_gpu.py`` and ``eophis-hpc bench``:
-the tunnel's host-to-device and device-to-host path (``staging.Feed``: pinned host buffers, the
-tunnel's streams, CUDA-event timings) for one eORCA025 worker, against a plain pinned copy of the
-same bytes on one stream in the same run.
-
-Setup: eORCA025 (1440x1206) cut into 36 tiles (201x240 own points), halo 10, one worker holding
-``TILES_PER_WORKER`` tiles; inputs u and v, float32.
-"""
+"""GPU staging measurements for ``eophis-hpc bench`` and ``benchmarks/test_bench_gpu.py``: the
+tunnel's host/device copies against a plain pinned copy of the same bytes, and the overlap with a
+GZ21-sized CNN. The measurements live with ``eophis-hpc gpu-check``
+(:mod:`eophis_hpc.gpucheck.figures`), which runs them too; this module names them for the
+benchmark suite."""
 from __future__ import annotations
 
-import statistics
+from ..gpucheck.figures import (FRAMEWORKS, HALO, MIN_BANDWIDTH_RATIO, MIN_OVERLAP,
+                                OVERLAP_CHUNKS, REPEATS, TILES_PER_WORKER, bandwidth,
+                                gpu_framework, make_feed, overlap, plain_copy_ms)
 
-import numpy as np
-
-from .. import device
-from ..decomposition import Decomposition
-from ..grid import Grid
-from ..protocol.schedule import Exchange, Schedule
-from ..runtime.timings import Timings
-from ..staging import Feed
-
-HALO = 10
-TILES_PER_WORKER = 8
-REPEATS = 20
-MIN_BANDWIDTH_RATIO = 0.8  # staging path / plain pinned copy of the same bytes (issue 4)
-FRAMEWORKS = ("torch", "cupy", "numba")  # the ones with streams and events here
-
-
-def gpu_framework() -> tuple[str | None, str]:
-    """The first framework of ``FRAMEWORKS`` that sees a real GPU (the CUDA simulator does not
-    count: it times nothing), and what was checked for each."""
-    seen = []
-    for fw in FRAMEWORKS:
-        ok, what = device.gpu_status(fw)
-        if ok and fw == "numba" and device.simulator():
-            ok, what = False, what + "; the CUDA simulator times nothing"
-        if ok:
-            return fw, what
-        seen.append(what)
-    return None, "; ".join(seen)
-
-
-def make_feed(framework: str, levels: int, chunks: int, timings: Timings) -> tuple[Feed, Schedule]:
-    """The tunnel's Feed for one worker of eORCA025 / 36 tiles, inputs u, v float32, filled
-    with random values."""
-    grid = Grid.preset("eORCA025")
-    dec = Decomposition.auto(grid, 36)
-    H, W = dec.max_shape()
-    sched = Schedule([Exchange(inputs=["u", "v"], outputs=["su", "sv"], levels=levels,
-                               dtype="float32")])
-    boxes = dec.boxes[:TILES_PER_WORKER]
-    policy = device.staging_policy(framework, "cuda", cuda_aware=False)
-    feed = Feed(sched, range(TILES_PER_WORKER), boxes, (H + 2 * HALO, W + 2 * HALO), HALO, None,
-                policy, chunks, False, None, 0.0, timings)
-    rng = np.random.default_rng(0)
-    for name in ("u", "v"):
-        feed.recv_target(name)[...] = rng.standard_normal(feed.host[name].shape)
-    return feed, sched
-
-
-def plain_copy_ms(feed: Feed, direction: str, repeats: int = REPEATS) -> list[float]:
-    """Milliseconds of one copy of the same bytes (both fields) with the framework's own call,
-    on one stream, timed by CUDA events, ``repeats`` times."""
-    ad = feed.ad
-    s = ad.stream()
-    times = []
-    for _ in range(repeats):
-        a, b = ad.event(), ad.event()
-        ad.record(a, s)
-        for kw in ("u", "v"):
-            if direction == "h2d":
-                ad.h2d(feed.dev[kw], feed.host[kw], s)
-            else:
-                ad.d2h(feed.host[kw], feed.dev[kw], s)
-        ad.record(b, s)
-        ad.synchronize(s)
-        times.append(ad.elapsed_ms(a, b))
-    return times
-
-
-def bandwidth(framework: str, levels: int, repeats: int = REPEATS) -> dict:
-    """The staging path's h2d and d2h (chunks=1, an identity model) and the plain pinned copy of
-    the same bytes: ``{"bytes", "h2d": {"staging_s", "plain_s", "ratio"}, "d2h": {...}}``, each
-    a median of ``repeats`` (ratio None where no time was measured, as in the simulator)."""
-    timings = Timings()
-    feed, sched = make_feed(framework, levels, chunks=1, timings=timings)
-    specs = sched.outputs_of(0)
-
-    def identity(kwargs, r0, r1):
-        return {"su": kwargs["u"], "sv": kwargs["v"]}
-
-    for _ in range(3):  # warm-up: allocations, pinned output buffers
-        feed.run(["u", "v"], identity, specs)
-    timings = feed.timings = Timings()
-    for _ in range(repeats):
-        feed.run(["u", "v"], identity, specs)
-    out = {"framework": framework, "levels": levels, "tiles": TILES_PER_WORKER, "halo": HALO,
-           "bytes": sum(feed.host[kw].nbytes for kw in ("u", "v"))}
-    for name in ("h2d", "d2h"):
-        staged = list(timings.recent.get(name, []))
-        plain = [t / 1e3 for t in plain_copy_ms(feed, name, repeats)]
-        s, p = timings.median(name), statistics.median(plain)
-        out[name] = {"staging_s": s, "plain_s": p, "ratio": p / s if s and p else None,
-                     "staging_samples": staged, "plain_samples": plain}
-    return out
+__all__ = ["FRAMEWORKS", "HALO", "MIN_BANDWIDTH_RATIO", "MIN_OVERLAP", "OVERLAP_CHUNKS",
+           "REPEATS", "TILES_PER_WORKER", "bandwidth", "gpu_framework", "make_feed", "overlap",
+           "plain_copy_ms"]
