@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -110,7 +111,8 @@ def coupled_run(framework: str, dev: str, timeout: float, env: dict | None = Non
         except subprocess.TimeoutExpired:
             return Result("coupled", name, "fail", f"no result after {timeout:.0f} s (hang)")
     ok = res.returncode == 0 and res.stdout.count(": OK") == 4
-    policy = next((ln for ln in res.stdout.splitlines() if ln.startswith(framework)), "")
+    found = re.search(r"staging: (.*)", res.stdout)  # ranks' lines may run together
+    policy = found.group(1) if found else ""
     detail = policy if ok else (res.stdout[-600:] + res.stderr[-1500:])
     return Result("coupled", name, "pass" if ok else "fail", detail)
 

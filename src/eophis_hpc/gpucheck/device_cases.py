@@ -72,7 +72,7 @@ def kernels(frameworks: list, quick: bool) -> list:
     grid = Grid(nx=40, ny=30, east_west="cyclic", north="fold", pivot="T", point="U")
     src, dst = Decomposition.blocks(grid, 3, 2), Decomposition.auto(grid, 4)
     plan = Plan(grid, src, dst, 4)
-    pairs = plan.pairs[:4] if quick else plan.pairs
+    pairs = list(plan.pairs)[:4] if quick else list(plan.pairs)
     for fw in KERNEL_FRAMEWORKS:
         if fw not in frameworks:
             out.append(Result("kernels", fw, "skip", f"no GPU for {fw}"))
