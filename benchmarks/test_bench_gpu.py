@@ -27,13 +27,11 @@ import os
 import pytest
 
 from eophis_hpc import device
-from eophis_hpc.bench.staging import MIN_BANDWIDTH_RATIO, REPEATS, TILES_PER_WORKER, bandwidth, \
-    make_feed
-from eophis_hpc.runtime.timings import Timings
+from eophis_hpc.bench.staging import (MIN_BANDWIDTH_RATIO, MIN_OVERLAP, OVERLAP_CHUNKS, REPEATS,
+                                      TILES_PER_WORKER, bandwidth, overlap)
 
 FRAMEWORK = os.environ.get("EOPHIS_HPC_BENCH_FRAMEWORK", "torch")
-CHUNKS = 8  # at most one chunk per tile: hides at most 1 - 1/CHUNKS of the copies
-MIN_OVERLAP = 0.8
+CHUNKS = OVERLAP_CHUNKS  # at most one chunk per tile: hides at most 1 - 1/CHUNKS of the copies
 
 
 def _gpu_or_skip() -> None:
@@ -72,29 +70,10 @@ def test_overlap_efficiency_gz21(levels):
     _gpu_or_skip()
     if FRAMEWORK != "torch":
         pytest.skip("the GZ21 CNN is a torch model")
-    import torch
-
-    from eophis_hpc.demo import gz21
-    net = gz21.build(gz21.FULL_WIDTHS).to("cuda")
     figures = {}
     for chunks in (1, CHUNKS):
-        timings = Timings()
-        feed, sched = make_feed(FRAMEWORK, levels, chunks, timings)
-        specs = sched.outputs_of(0)
-
-        def model(kwargs, r0, r1):
-            su, sv = gz21.apply(net, kwargs["u"], kwargs["v"])
-            return {"su": su, "sv": sv}
-
-        with torch.no_grad():
-            for _ in range(2):
-                feed.run(["u", "v"], model, specs)
-            timings = feed.timings = Timings()
-            for _ in range(max(3, REPEATS // 4)):
-                feed.run(["u", "v"], model, specs)
-        h2d, mdl, d2h, wall = (timings.median(p) for p in ("h2d", "model", "d2h", "device"))
-        hidden = (h2d + mdl + d2h - wall) / (h2d + d2h) if h2d + d2h else float("nan")
-        figures[chunks] = (h2d, mdl, d2h, wall, hidden)
+        r = overlap(FRAMEWORK, levels, chunks, max(3, REPEATS // 4))
+        figures[chunks] = (r["h2d_s"], r["model_s"], r["d2h_s"], r["wall_s"], r["hidden"])
     for chunks, (h2d, mdl, d2h, wall, hidden) in figures.items():
         verdict = "" if chunks == 1 else (
             f" (target >= {MIN_OVERLAP}: {'met' if hidden >= MIN_OVERLAP else 'MISSED'})")
