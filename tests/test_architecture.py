@@ -24,6 +24,7 @@ LAYERS = {
     "runtime": 7, "oasis.engine": 7, "oasis": 7, "tunnel": 7, "client": 7, "config": 7,
     "halo": 7, "compat": 7, "fortran": 7, "launch": 7, "script": 7, "_ext": 4,
     "cli": 8, "cli_args": 8, "tune": 8, "bench": 8, "demo": 8, "info": 8, "__init__": 8,
+    "gpucheck": 8,
 }
 BENCH_USERS = ("cli", "bench")
 ALLOWED = {"os._exit"}  # the standard library's own underscore names
