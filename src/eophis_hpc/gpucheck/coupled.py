@@ -73,9 +73,9 @@ def run_worker(cfg: dict) -> None:
     def double(u):
         return {"fu": u[:, :, HALO:-HALO, HALO:-HALO] * 2}
     tunnel.run()
-    if tunnel.link.rank == 0:
+    if tunnel.rank == 0:
         print(tunnel.describe(), flush=True)
-    print(f"worker {tunnel.link.rank}: OK", flush=True)
+    print(f"worker {tunnel.rank}: OK", flush=True)
 
 
 def probe(framework: str) -> None:
