@@ -71,6 +71,8 @@ CASES = [
     ("bench", ["bench", "--only", "nope"], "invalid choice"),
     ("bench", ["bench", "--out", "<plain>"], "not a folder"),
     ("info", ["info", "--bogus"], "unrecognized arguments"),
+    ("gpu-check", ["gpu-check", "--out", "<plain>"], "not a folder"),
+    ("gpu-check", ["gpu-check", "--quick", "--repeats", "3"], "unrecognized arguments"),
     ("fortran", ["fortran", "--env", "mpifort.nope"], "not found on PATH"),
     (None, ["nope"], "invalid choice"),
     (None, [], "required"),

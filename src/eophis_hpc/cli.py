@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     gpu = sub.add_parser("gpu-check", help="on a GPU node, first: environment, device kernels, "
                                            "staging, overlap, coupled runs (report + exit code)")
     gpu.add_argument("--quick", action="store_true", help="fewer cases and repeats")
-    gpu.add_argument("--out", default="gpu-check", help="report folder (default gpu-check)")
+    gpu.add_argument("--out", type=ca.output_dir, default="gpu-check",
+                     help="report folder (default gpu-check)")
 
     fortran = sub.add_parser("fortran", help="where the Fortran/C client is, how to build it in, "
                                              "and the environment for the workers")

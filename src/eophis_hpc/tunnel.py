@@ -31,7 +31,7 @@ class Tunnel:
     fields that need a cast, stacking or land removal use it automatically); ``dtype`` is the
     dtype the model wants (cast in the unpack kernel).
 
-    Where the model runs (``staging.py``, ``device.py``): ``framework`` (numpy, torch, cupy,
+    Where the model runs (``staging``, ``device``): ``framework`` (numpy, torch, cupy,
     jax, numba) and ``device`` (cpu, cuda, cuda:N) pick the tensor type and the staging policy
     (host views, pinned staging on a CUDA stream, or CUDA-aware MPI into device memory);
     ``chunks`` splits each batch along tiles (one model call per chunk; on a GPU the copies of

@@ -17,7 +17,7 @@ import functools
 import numpy as np
 from numba import cuda
 
-from ..kernels.numpy_ref import _check_runs
+from ..kernels.numpy_ref import check_runs
 from .detect import simulator
 
 THREADS = 256
@@ -195,7 +195,7 @@ def unpack(buf, dst, runs: np.ndarray, sign: float, stream=0) -> None:
     """Like :func:`numpy_ref.unpack` on device arrays (the sign multiplies in the buffer's
     dtype, then the value is cast to ``dst``'s dtype), on ``stream``."""
     nz, ny, nx = _shape(dst)
-    total = _check_runs(runs, 5, ny, nx, "unpack") * nz
+    total = check_runs(runs, 5, ny, nx, "unpack") * nz
     if total != _shape(buf)[0]:
         raise ValueError(f"unpack: the runs hold {total} values, the buffer has {_shape(buf)[0]}")
     if total:
@@ -208,7 +208,7 @@ def pack(src, runs: np.ndarray, buf, stream=0) -> None:
     """Like :func:`numpy_ref.pack` on device arrays (cast to the buffer's dtype), on
     ``stream``."""
     nz, ny, nx = _shape(src)
-    total = _check_runs(runs, 4, ny, nx, "pack") * nz
+    total = check_runs(runs, 4, ny, nx, "pack") * nz
     if total != _shape(buf)[0]:
         raise ValueError(f"pack: the runs hold {total} values, the buffer has {_shape(buf)[0]}")
     if total:
@@ -219,7 +219,7 @@ def pack(src, runs: np.ndarray, buf, stream=0) -> None:
 def fill(dst, rects: np.ndarray, value: float, stream=0) -> None:
     """Like :func:`numpy_ref.fill` on a device array, on ``stream``."""
     nz, ny, nx = _shape(dst)
-    total = _check_runs(rects, 4, ny, nx, "fill") * nz
+    total = check_runs(rects, 4, ny, nx, "fill") * nz
     if total:
         d_rects, d_starts, _ = _device_runs(rects[:, :4], nz)
         launch(_fill_kernel, total, stream, _dev(dst, stream), d_rects, d_starts,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .numpy_ref import _check_runs
+from .numpy_ref import check_runs
 
 
 @numba.njit(cache=True, nogil=True)
@@ -53,7 +53,7 @@ def _fill(dst, rects, value):
 
 
 def pack(src: np.ndarray, runs: np.ndarray, buf: np.ndarray) -> None:
-    total = _check_runs(runs, 4, src.shape[1], src.shape[2], "pack") * src.shape[0]
+    total = check_runs(runs, 4, src.shape[1], src.shape[2], "pack") * src.shape[0]
     if total != buf.shape[0]:
         raise ValueError(f"pack: the runs hold {total} values, the buffer has {buf.shape[0]}")
     if total:
@@ -61,7 +61,7 @@ def pack(src: np.ndarray, runs: np.ndarray, buf: np.ndarray) -> None:
 
 
 def unpack(buf: np.ndarray, dst: np.ndarray, runs: np.ndarray, sign: float) -> None:
-    total = _check_runs(runs, 5, dst.shape[1], dst.shape[2], "unpack") * dst.shape[0]
+    total = check_runs(runs, 5, dst.shape[1], dst.shape[2], "unpack") * dst.shape[0]
     if total != buf.shape[0]:
         raise ValueError(f"unpack: the runs hold {total} values, the buffer has {buf.shape[0]}")
     if total:
@@ -69,6 +69,6 @@ def unpack(buf: np.ndarray, dst: np.ndarray, runs: np.ndarray, sign: float) -> N
 
 
 def fill(dst: np.ndarray, rects: np.ndarray, value: float) -> None:
-    _check_runs(rects, 4, dst.shape[1], dst.shape[2], "fill")
+    check_runs(rects, 4, dst.shape[1], dst.shape[2], "fill")
     if rects.shape[0]:
         _fill(dst, rects, dst.dtype.type(value))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _check_runs(runs: np.ndarray, ncols: int, ny: int, nx: int, what: str) -> int:
+def check_runs(runs: np.ndarray, ncols: int, ny: int, nx: int, what: str) -> int:
     runs = np.asarray(runs)
     if runs.ndim != 2 or (runs.shape[0] and runs.shape[1] < ncols):
         raise ValueError(f"{what}: runs must be an (n, {ncols}) integer array, got shape {runs.shape}")
@@ -22,7 +22,7 @@ def _check_runs(runs: np.ndarray, ncols: int, ny: int, nx: int, what: str) -> in
 def pack(src: np.ndarray, runs: np.ndarray, buf: np.ndarray) -> None:
     """Copy the ``(sj, si, nj, ni)`` runs of ``src`` into ``buf``, block after block."""
     nz = src.shape[0]
-    total = _check_runs(runs, 4, src.shape[1], src.shape[2], "pack") * nz
+    total = check_runs(runs, 4, src.shape[1], src.shape[2], "pack") * nz
     if total != buf.shape[0]:
         raise ValueError(f"pack: the runs hold {total} values, the buffer has {buf.shape[0]}")
     pos = 0
@@ -36,7 +36,7 @@ def unpack(buf: np.ndarray, dst: np.ndarray, runs: np.ndarray, sign: float) -> N
     """Copy ``buf`` into the ``(dj, di, nj, ni, fold)`` runs of ``dst``; folded runs are reversed
     in j and i and multiplied by ``sign`` (in the buffer's dtype, then cast)."""
     nz = dst.shape[0]
-    total = _check_runs(runs, 5, dst.shape[1], dst.shape[2], "unpack") * nz
+    total = check_runs(runs, 5, dst.shape[1], dst.shape[2], "unpack") * nz
     if total != buf.shape[0]:
         raise ValueError(f"unpack: the runs hold {total} values, the buffer has {buf.shape[0]}")
     pos = 0
@@ -52,6 +52,6 @@ def unpack(buf: np.ndarray, dst: np.ndarray, runs: np.ndarray, sign: float) -> N
 
 def fill(dst: np.ndarray, rects: np.ndarray, value: float) -> None:
     """Set the ``(dj, di, nj, ni)`` rects of every level of ``dst`` to ``value``."""
-    _check_runs(rects, 4, dst.shape[1], dst.shape[2], "fill")
+    check_runs(rects, 4, dst.shape[1], dst.shape[2], "fill")
     for dj, di, nj, ni in np.asarray(rects)[:, :4].tolist():
         dst[:, dj:dj + nj, di:di + ni] = value
