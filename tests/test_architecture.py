@@ -133,3 +133,15 @@ def test_no_foreign_private_attributes(name):
                                                   or f"{owner.id}.{node.attr}" in ALLOWED)
             assert ok, (f"eophis_hpc.{name}:{node.lineno}: reads {ast.unparse(node)} "
                         "(another object's private attribute)")
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_no_private_names_imported_from_other_modules(name):
+    tree = ast.parse(ALL[name].read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(
+                "eophis_hpc")):
+            private = [a.name for a in node.names
+                       if a.name.startswith("_") and not a.name.startswith("__")]
+            assert not private, (f"eophis_hpc.{name}:{node.lineno}: imports private names "
+                                 f"{private} from {node.module}")
