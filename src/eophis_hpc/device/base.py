@@ -49,5 +49,19 @@ class Adapter:
         return 0
 
 
+class EventStreamAdapter(Adapter):
+    """Frameworks whose events record on a stream and whose streams wait on events (torch,
+    CuPy): the three calls are the same for both."""
+
+    def record(self, event, stream):
+        event.record(stream)
+
+    def wait(self, stream, event):
+        stream.wait_event(event)
+
+    def synchronize(self, stream):
+        stream.synchronize()
+
+
 class NumpyAdapter(Adapter):
     module = "numpy"

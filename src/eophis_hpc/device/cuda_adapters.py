@@ -14,14 +14,14 @@ import weakref
 
 import numpy as np
 
-from .base import Adapter
+from .base import Adapter, EventStreamAdapter
 from .detect import simulator
 from .host import aligned_empty
 
 CU_STREAM_NON_BLOCKING = 1
 
 
-class CupyAdapter(Adapter):
+class CupyAdapter(EventStreamAdapter):
     module = "cupy"
 
     def __init__(self, index):
@@ -59,15 +59,6 @@ class CupyAdapter(Adapter):
     def event(self):
         with self.dev:
             return self.cp.cuda.Event()
-
-    def record(self, event, stream):
-        event.record(stream)
-
-    def wait(self, stream, event):
-        stream.wait_event(event)
-
-    def synchronize(self, stream):
-        stream.synchronize()
 
     def elapsed_ms(self, start, end) -> float:
         return self.cp.cuda.get_elapsed_time(start, end)

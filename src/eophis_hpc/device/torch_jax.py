@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Adapter
+from .base import Adapter, EventStreamAdapter
 from .detect import jax_gpu_memory
 from .host import aligned_empty
 
 
-class TorchAdapter(Adapter):
+class TorchAdapter(EventStreamAdapter):
     module = "torch"
 
     def __init__(self, index):
@@ -49,15 +49,6 @@ class TorchAdapter(Adapter):
 
     def event(self):
         return self.torch.cuda.Event(enable_timing=True)
-
-    def record(self, event, stream):
-        event.record(stream)
-
-    def wait(self, stream, event):
-        stream.wait_event(event)
-
-    def synchronize(self, stream):
-        stream.synchronize()
 
     def elapsed_ms(self, start, end) -> float:
         return start.elapsed_time(end)
