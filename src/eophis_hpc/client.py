@@ -16,8 +16,10 @@ from .decomposition import Decomposition
 from .grid import Grid
 from . import checks
 from .errors import CouplingError, default_timeout, install_abort_hook
+from .protocol import restart as restart_io
 from .protocol.schedule import FieldSpec
 from .protocol.wire import STEP_STATIC, STOP_NOTE, TAG_CONTROL, TAG_DATA
+from .runtime.lagged import LaggedOutputs
 from .runtime.timings import Timings
 from .transport.mpi import Link, Receiver, Sender, handshake, strategies
 
@@ -25,7 +27,7 @@ from .transport.mpi import Link, Receiver, Sender, handshake, strategies
 def connect(grid: Grid, box, *, holes: bool = False, fields: dict | None = None,
             strategy: str | None = None, backend: str | None = None,
             timeout: float | None = None, check_finite: bool = False,
-            world=None) -> "Coupler":
+            world=None, restart=None) -> "Coupler":
     """Join the coupled job as a model rank owning ``box`` = (j0, j1, i0, i1) of ``grid`` (or
     give the model's whole Decomposition: rank r of the model communicator takes box r).
 
@@ -36,16 +38,23 @@ def connect(grid: Grid, box, *, holes: bool = False, fields: dict | None = None,
     workers, the join included; ``check_finite`` makes ``put`` refuse NaN/Inf, naming the first
     bad point. ``world`` is the communicator holding exactly the model and worker ranks
     (default ``COMM_WORLD``), for jobs where the launcher or another library already split it.
+
+    Lagged exchanges (``Exchange(lag=L)`` on the workers' tunnel): ``get`` at occurrence ``n``
+    returns what the workers computed from the inputs put at occurrence ``n - L``; the first
+    ``L`` occurrences return the exchange's ``initial`` value, or, with ``restart=PREFIX``, the
+    results the previous run left in flight (``close(restart=PREFIX)``; one file per model
+    rank, :mod:`eophis_hpc.protocol.restart`). A missing or mismatching restart is refused on
+    every model rank with the file and the difference.
     """
     return Coupler(grid, box, holes=holes, fields=fields, strategy=strategy, backend=backend,
-                   timeout=timeout, check_finite=check_finite, world=world)
+                   timeout=timeout, check_finite=check_finite, world=world, restart=restart)
 
 
 class Coupler:
     """One model rank's connection to the inference workers."""
 
     def __init__(self, grid: Grid, box, holes=False, fields=None, strategy=None, backend=None,
-                 timeout=None, check_finite=False, world=None):
+                 timeout=None, check_finite=False, world=None, restart=None):
         install_abort_hook()  # a bad argument below must end the MPI job, not strand the workers
         if not isinstance(grid, Grid):
             raise TypeError(f"connect: grid must be an eophis_hpc.Grid, got {type(grid).__name__}")
@@ -71,19 +80,20 @@ class Coupler:
         self.check_finite = bool(check_finite)
         self._senders: dict[str, Sender] = {}
         self._receivers: dict[str, Receiver] = {}
+        self._backend = config.resolve("backend", backend, None)
         for spec in self.schedule.fields.values():
-            args = (spec.levels, spec.dtype, TAG_DATA + spec.index, self.strategy)
-            common = dict(backend=config.resolve("backend", backend, None), timeout=self.timeout,
-                          peer_label="worker")
             if spec.direction == "in":
                 self._senders[spec.name] = Sender(
                     self.link.inter, self.layout.model_send_routes(spec.point, self.rank),
-                    *args, name=f"model rank {self.rank}: put({spec.name!r})", **common)
-            else:
-                self._receivers[spec.name] = Receiver(
-                    self.link.inter, self.layout.model_recv_routes(spec.point, self.rank),
-                    *args, fills=self.layout.model_fills(spec.point, self.rank),
-                    name=f"model rank {self.rank}: get({spec.name!r})", **common)
+                    spec.levels, spec.dtype, TAG_DATA + spec.index, self.strategy,
+                    name=f"model rank {self.rank}: put({spec.name!r})", **self._common())
+            elif spec.lag == 0:
+                self._receivers[spec.name] = self._receiver(spec)
+        self._lagged = {e: LaggedOutputs(ex.lag, ex.initial, self.schedule.outputs_of(e),
+                                         self._receiver, self.box.shape)
+                        for e, ex in enumerate(self.schedule.exchanges) if ex.lag}
+        if restart is not None:
+            self._load_restart(restart)
         n_ex = len(self.schedule.exchanges)
         self._current = [None] * n_ex         # step of each exchange's current occurrence
         self._pending: list[set] = [set() for _ in range(n_ex)]  # outputs not yet received
@@ -91,6 +101,34 @@ class Coupler:
         self._closed = False
 
     # ------------------------------------------------------------------ helpers
+    def _common(self) -> dict:
+        return dict(backend=self._backend, timeout=self.timeout, peer_label="worker")
+
+    def _receiver(self, spec: FieldSpec) -> Receiver:
+        return Receiver(self.link.inter, self.layout.model_recv_routes(spec.point, self.rank),
+                        spec.levels, spec.dtype, TAG_DATA + spec.index, self.strategy,
+                        fills=self.layout.model_fills(spec.point, self.rank),
+                        name=f"model rank {self.rank}: get({spec.name!r})", **self._common())
+
+    def _lagged_fields(self) -> dict:
+        return {s.name: (s.lag, s.levels, s.dtype) for e in self._lagged
+                for s in self.schedule.outputs_of(e)}
+
+    def _load_restart(self, prefix) -> None:
+        """Every model rank reads its file; any rank's error is raised on all of them."""
+        path = restart_io.file_for(prefix, self.rank)
+        error = None
+        try:
+            records = restart_io.read(path, self.grid, self.box, self._lagged_fields())
+        except restart_io.RestartError as exc:
+            error = str(exc)
+        errors = self.link.comm.allgather(error)
+        first = next((f"model rank {r}: {err}" for r, err in enumerate(errors) if err), None)
+        if first:
+            raise restart_io.RestartError(first, collective=True)
+        for ring in self._lagged.values():
+            ring.load(records)
+
     def _begin(self, spec: FieldSpec, step: int) -> bool:
         """Start (once) the occurrence of ``spec``'s exchange at ``step``; False if not due."""
         e = spec.exchange
@@ -107,7 +145,10 @@ class Coupler:
             for w in range(self.link.remote_size):
                 self.link.inter.Send(note, dest=w, tag=TAG_CONTROL)
         self._current[e] = step
-        self._pending[e] = set(ex.outputs)
+        if e in self._lagged:
+            self._lagged[e].begin(step)
+        else:
+            self._pending[e] = set(ex.outputs)
         return True
 
     def _drain(self, e: int) -> None:
@@ -167,6 +208,10 @@ class Coupler:
         sender.start(view, offset)
         if self.schedule.exchanges[spec.exchange].static:
             self._static_sent.add(name)
+        elif spec.exchange in self._lagged:
+            # the outputs come back later: let the data leave now, not at the next MPI call
+            # (a large message would otherwise wait for the model to come back into MPI)
+            sender.wait()
         self.timings.add("put", time.perf_counter() - t0)
         self.timings.add_bytes(name, sender.bytes)
         return True
@@ -184,27 +229,30 @@ class Coupler:
         key = STEP_STATIC if ex.static else step
         if not ex.static and not self.schedule.due(e, int(step)):
             return None
+        ring = self._lagged.get(e)
         if self._current[e] != key:
-            if ex.inputs:
+            if ex.inputs and ring is None:
                 raise CouplingError(f"get({name!r}, step={step}): the inputs of its exchange "
                                     f"({', '.join(ex.inputs)}) were not put at this step")
-            self._begin(spec, step)
-        if name not in self._pending[e]:
+            self._begin(spec, step)  # lagged: get may come first, its result is older
+        if name not in (self._pending[e] if ring is None else ring.wanted):
             raise CouplingError(f"get({name!r}, step={step}): already received at this step")
         if out is None:
             out = np.empty((spec.levels,) + self.box.shape, dtype=spec.dtype)
-            result = out
-        else:
-            result = out
         view, offset = self._view(name, spec, out, offset, "get")
         t0 = time.perf_counter()
-        rcv = self._receivers[name]
-        rcv.post(view, offset)
-        rcv.wait(view, offset)
-        self._pending[e].discard(name)
+        if ring is not None:
+            ring.get(spec, view, offset)
+            nbytes = ring.bytes(name)
+        else:
+            rcv = self._receivers[name]
+            rcv.post(view, offset)
+            rcv.wait(view, offset)
+            self._pending[e].discard(name)
+            nbytes = rcv.bytes
         self.timings.add("get", time.perf_counter() - t0)
-        self.timings.add_bytes(name, rcv.bytes)
-        return result
+        self.timings.add_bytes(name, nbytes)
+        return out
 
     def _check_finite(self, name: str, arr: np.ndarray, offset, step) -> None:
         """Refuse NaN/Inf in the rank's box, naming the first one by its global index."""
@@ -217,13 +265,22 @@ class Coupler:
         if self._closed:
             raise CouplingError(f"{what}: the coupler is closed")
 
-    def close(self) -> None:
+    def close(self, restart=None) -> None:
         """End the coupling (collective over model ranks): finish pending transfers, tell the
-        workers to stop, free MPI resources."""
+        workers to stop, free MPI resources. ``restart=PREFIX`` writes the results of lagged
+        exchanges still in flight (what ``get`` would return at the next ``lag`` occurrences),
+        one file per model rank, for ``connect(..., restart=PREFIX)``."""
         if self._closed:
             return
         for e in range(len(self._pending)):
             self._drain(e)
+        for ring in self._lagged.values():
+            ring.drain()
+        if restart is not None:
+            records = [rec for ring in self._lagged.values() for rec in ring.in_flight()]
+            order = {name: k for k, name in enumerate(self.schedule.fields)}
+            records.sort(key=lambda rec: order[rec.name])
+            restart_io.write(restart_io.file_for(restart, self.rank), self.grid, self.box, records)
         for s in self._senders.values():
             s.wait()
         self.link.comm.Barrier()
@@ -233,6 +290,8 @@ class Coupler:
                 self.link.inter.Send(note, dest=w, tag=TAG_CONTROL)
         for obj in list(self._senders.values()) + list(self._receivers.values()):
             obj.close()
+        for ring in self._lagged.values():
+            ring.close()
         self.link.close()
         self._closed = True
 

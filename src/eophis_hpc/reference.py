@@ -96,3 +96,12 @@ def assemble(pieces, boxes, grid: Grid, nz: int, dtype, fill: float = 0.0) -> np
     for p, b in zip(pieces, boxes):
         glb[:, b.j0:b.j1, b.i0:b.i1] = p
     return glb
+
+
+def lagged(results, lag: int, initial):
+    """What a model gets at each occurrence of an exchange with ``lag`` (OASIS' LAG, counted in
+    occurrences): ``results[n - lag]``, the result computed from the inputs of occurrence
+    ``n - lag``, or ``initial`` for the first ``lag`` occurrences. The single-process semantics
+    every lagged coupled run must reproduce."""
+    results = list(results)
+    return [initial if n < lag else results[n - lag] for n in range(len(results))]

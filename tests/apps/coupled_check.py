@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 import eophis_hpc as eh
-from eophis_hpc.reference import extend, reference_tile
+from eophis_hpc.reference import extend, lagged, reference_tile
 
 
 def field(cfg, name: str, step: int, levels: int, dtype) -> np.ndarray:
@@ -65,7 +65,7 @@ def run_model(cfg) -> None:
         box = eh.Box(*cfg["model_boxes"][rank])
     mh = cfg.get("model_halo", 0)
     cpl = eh.connect(g, box, check_finite=cfg.get("check_finite", False),
-                     fields=cfg.get("declare"))
+                     fields=cfg.get("declare"), restart=cfg.get("restart_in"))
     assert cpl.comm.rank == rank
     h = cfg["halo"]
     static = [ex for ex in exchanges(cfg) if ex.static]
@@ -73,9 +73,12 @@ def run_model(cfg) -> None:
         for name in ex.inputs:
             cpl.put(name, np.ascontiguousarray(field(cfg, name, 0, ex.levels, ex.dtype)[:, box.j0:box.j1, box.i0:box.i1]), 0)
     rss_start = None
-    for step in range(cfg["steps"]):
-        if step == cfg["steps"] // 4:
+    start = cfg.get("start", 0)  # a restarted run goes on from the step the first one reached
+    for step in range(start, start + cfg["steps"]):
+        if step == start + cfg["steps"] // 4:
             rss_start = rss_kb()
+        if cfg.get("get_first"):  # lagged exchanges: the result of an earlier step comes first
+            check_outputs(cfg, cpl, box, rank, step)
         for ex in exchanges(cfg):
             if ex.static:
                 continue
@@ -102,27 +105,54 @@ def run_model(cfg) -> None:
                 else:
                     sent = cpl.put(name, np.ascontiguousarray(glb[:, box.j0:box.j1, box.i0:box.i1]), step)
                 assert sent == cpl.schedule.due(cpl.schedule.fields[name].exchange, step)
-        for ex in exchanges(cfg):
-            if ex.static:
-                continue
-            for name in ex.inputs:
-                got = cpl.get(output_name(name), step)
-                if not cpl.schedule.due(cpl.schedule.fields[name].exchange, step):
-                    assert got is None
-                    continue
-                sign = float(ex.signs.get(name, 1.0))
-                gp = grid_of(cfg, ex.point)
-                want = stencil(extend(field(cfg, name, step, ex.levels, ex.dtype), gp, h, sign), h)
-                want = want[:, box.j0:box.j1, box.i0:box.i1]
-                if not np.array_equal(got, want):
-                    bad = np.argwhere(got != want)
-                    sys.exit(f"model rank {rank}: {output_name(name)} at step {step} differs at "
-                             f"{len(bad)} points, first {bad[0].tolist()}: {got[tuple(bad[0])]} vs "
-                             f"{want[tuple(bad[0])]}")
+        if not cfg.get("get_first"):
+            check_outputs(cfg, cpl, box, rank, step)
     if rss_start is not None:
         print(f"model rank {rank}: rss growth {rss_kb() - rss_start} KiB", flush=True)
-    cpl.close()
+    cpl.close(restart=cfg.get("restart_out"))
+    if cfg.get("dump"):  # every get of this run, to compare runs with each other
+        np.savez(f"{cfg['dump']}_{rank}.npz", **GOT)
     print(f"model rank {rank}: OK", flush=True)
+
+
+GOT: dict = {}  # "name@step" -> what get returned
+
+
+def expected_source(cpl, e: int, step: int) -> int | None:
+    """The step whose inputs produce what get returns at ``step`` (None: the initial value),
+    by the single-process semantics of a lagged exchange: every due step from step 0 on is an
+    occurrence, the first run starting at 0."""
+    sched = cpl.schedule
+    due = [s for s in range(step + 1) if sched.due(e, s)]
+    return lagged(due, sched.exchanges[e].lag, None)[-1]
+
+
+def check_outputs(cfg, cpl, box, rank: int, step: int) -> None:
+    h = cfg["halo"]
+    for ex in exchanges(cfg):
+        if ex.static:
+            continue
+        for name in ex.inputs:
+            e = cpl.schedule.fields[name].exchange
+            got = cpl.get(output_name(name), step)
+            if not cpl.schedule.due(e, step):
+                assert got is None
+                continue
+            if cfg.get("dump"):
+                GOT[f"{output_name(name)}@{step}"] = got
+            source = expected_source(cpl, e, step)
+            if source is None:
+                want = np.full((ex.levels,) + box.shape, ex.initial, dtype=ex.dtype)
+            else:
+                sign = float(ex.signs.get(name, 1.0))
+                gp = grid_of(cfg, ex.point)
+                glb = field(cfg, name, source, ex.levels, ex.dtype)
+                want = stencil(extend(glb, gp, h, sign), h)[:, box.j0:box.j1, box.i0:box.i1]
+            if not np.array_equal(got, want):
+                bad = np.argwhere(got != want)
+                sys.exit(f"model rank {rank}: {output_name(name)} at step {step} (from step "
+                         f"{source}) differs at {len(bad)} points, first {bad[0].tolist()}: "
+                         f"{got[tuple(bad[0])]} vs {want[tuple(bad[0])]}")
 
 
 def run_worker(cfg) -> None:

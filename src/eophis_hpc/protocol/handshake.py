@@ -121,7 +121,7 @@ def check(req: dict, grid: Grid, schedule: Schedule, n_model: int) -> str | None
         if spec is None:
             return (f"field {name!r} is declared by the model but not by the workers' tunnel "
                     f"(tunnel fields: {', '.join(sorted(schedule.fields))})")
-        for key in ("levels", "dtype", "direction"):
+        for key in ("levels", "dtype", "direction", "lag"):
             if key in decl and str(decl[key]) != str(getattr(spec, key)):
                 return (f"field {name!r}: the model declares {key}={decl[key]!r}, the workers' "
                         f"tunnel {key}={getattr(spec, key)!r}")

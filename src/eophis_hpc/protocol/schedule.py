@@ -24,6 +24,12 @@ class Exchange:
     ``(tiles, fields * levels, H, W)`` (fields in ``inputs`` order): ``True`` names that keyword
     after the inputs joined by ``_`` (``u_v``), a string names it; None follows the tunnel's
     ``stack`` option. Only the workers read it.
+
+    ``lag`` (OASIS' LAG, counted in occurrences of the exchange): ``get`` at occurrence ``n``
+    returns the outputs computed from the inputs put at occurrence ``n - lag``, so the model
+    keeps stepping while the workers infer; the first ``lag`` occurrences return ``initial``
+    (or the values of a coupling restart). Static exchanges and exchanges without outputs take
+    no lag.
     """
 
     inputs: Sequence[str] = ()
@@ -36,6 +42,8 @@ class Exchange:
     point: str | None = None
     dtype: str = "float64"
     stack: bool | str | None = None
+    lag: int = 0
+    initial: float = 0.0
 
     def __post_init__(self):
         self.inputs = _names(self.inputs, "inputs")
@@ -73,6 +81,22 @@ class Exchange:
                 or (isinstance(self.stack, str) and self.stack.isidentifier())):
             raise ValueError(f"Exchange{self.inputs}: stack must be True, False, None or a "
                              f"keyword name, got {self.stack!r}")
+        if isinstance(self.lag, bool) or not isinstance(self.lag, int) or self.lag < 0:
+            raise ValueError(f"Exchange{self.inputs}: lag must be a whole number of occurrences "
+                             f">= 0, got {self.lag!r}")
+        if self.lag and self.static:
+            raise ValueError(f"Exchange{self.inputs}: a static exchange happens once, before "
+                             f"the first step: it cannot have lag={self.lag}")
+        if self.lag and not self.outputs:
+            raise ValueError(f"Exchange{self.inputs}: lag={self.lag} delays outputs, and this "
+                             "exchange has none")
+        try:
+            self.initial = float(self.initial)
+        except (TypeError, ValueError):
+            raise ValueError(f"Exchange{self.inputs}: initial must be a number (the value of "
+                             f"the first lag outputs), got {self.initial!r}") from None
+        if not np.isfinite(self.initial):
+            raise ValueError(f"Exchange{self.inputs}: initial must be finite, got {self.initial!r}")
 
     def stack_name(self, default: bool | str = False) -> str | None:
         """The keyword of the stacked inputs, or None when they are handed one by one
@@ -86,7 +110,8 @@ class Exchange:
         return {"inputs": list(self.inputs), "outputs": list(self.outputs), "levels": self.levels,
                 "every": self.every, "freq": self.freq, "static": self.static,
                 "signs": {k: float(v) for k, v in self.signs.items()}, "point": self.point,
-                "dtype": self.dtype, "stack": self.stack}
+                "dtype": self.dtype, "stack": self.stack, "lag": self.lag,
+                "initial": self.initial}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Exchange":
@@ -116,6 +141,7 @@ class FieldSpec:
     dtype: str
     sign: float
     point: str
+    lag: int = 0
 
 
 class Schedule:
@@ -138,7 +164,7 @@ class Schedule:
                         raise ValueError(f"Tunnel: field {name!r} is declared twice")
                     self.fields[name] = FieldSpec(len(self.fields), name, e_idx, direction,
                                                   ex.levels, ex.dtype, float(ex.signs.get(name, 1.0)),
-                                                  ex.point or default_point)
+                                                  ex.point or default_point, ex.lag)
 
     def due(self, e_idx: int, step: int) -> bool:
         """Whether exchange ``e_idx`` runs at ``step`` (static exchanges: always, once)."""
@@ -169,6 +195,10 @@ class Schedule:
 
     def outputs_of(self, e_idx: int) -> list[FieldSpec]:
         return [self.fields[n] for n in self.exchanges[e_idx].outputs]
+
+    def lag(self, e_idx: int) -> int:
+        """Occurrences between the inputs put and the outputs got (0: same occurrence)."""
+        return self.exchanges[e_idx].lag
 
     def points(self) -> list[str]:
         return sorted({f.point for f in self.fields.values()})
