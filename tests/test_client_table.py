@@ -35,7 +35,8 @@ def setups(draw):
     exchanges = [eh.Exchange(inputs="u", outputs="su", levels=draw(st.integers(1, 3))),
                  eh.Exchange(inputs=["v", "w"], outputs="sv", every=draw(st.integers(1, 4)),
                              point=draw(st.sampled_from(["T", "U", "V", "F"])), dtype="float32",
-                             signs={"v": -1})]
+                             signs={"v": -1}, lag=draw(st.integers(0, 3)),
+                             initial=draw(st.floats(allow_nan=False, allow_infinity=False)))]
     if draw(st.booleans()):
         exchanges.append(eh.Exchange(inputs="mask", static=True))
     schedule = Schedule(exchanges)
@@ -86,6 +87,9 @@ def test_tables_describe_the_messages_the_workers_expect(setup):
         assert t["box"] == (box.j0, box.j1, box.i0, box.i1)
         assert t["every"] == [0 if ex.static else schedule.every_steps(e)
                               for e, ex in enumerate(schedule.exchanges)]
+        assert t["lag"] == [ex.lag for ex in schedule.exchanges]
+        assert [np.float64(v).tobytes() for v in t["initial"]] == \
+            [np.float64(ex.initial).tobytes() for ex in schedule.exchanges]
         for name, f in zip(order, t["fields"]):
             spec = schedule.fields[name]
             assert f["tag"] == TAG_DATA + spec.index and f["exchange"] == spec.exchange

@@ -84,11 +84,15 @@ def launch(tc, model_cmd: list[str], p: int, cfg: dict, q: int, tmp_path, timeou
 
 def toy_args(tc, case: dict, outdir: Path) -> list[str]:
     g = case["grid"]
-    return [str(tc.build / f"toy{8 if case['dtype'] == 'float64' else 4}"), str(g["nx"]),
+    args = [str(tc.build / f"toy{8 if case['dtype'] == 'float64' else 4}"), str(g["nx"]),
             str(g["ny"]), g.get("east_west", "closed"), g.get("south", "closed"),
             g.get("north", "closed"), g.get("pivot", "T"), str(case["px"]), str(case["py"]),
             str(case["model_halo"]), str(case["levels"]), str(case["steps"]),
             str(case["every_v"]), str(outdir)]
+    if any(k in case for k in ("lag_u", "lag_v", "start", "restart_in", "restart_out")):
+        args += [str(case.get("lag_u", 0)), str(case.get("lag_v", 0)), str(case.get("start", 0)),
+                 case.get("restart_in") or "-", case.get("restart_out") or "-"]
+    return args
 
 
 def case(grid, px, py, model_halo, levels, dtype, workers, halo=1, tiles=None, strategy=None,
@@ -230,3 +234,75 @@ def test_a_fortran_model_that_stops_before_enddef_ends_the_job(toolchain, tmp_pa
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert res.returncode != 0 and time.monotonic() - t0 < 30
     assert "ocean: bad namelist, stopping before eh_enddef" in res.stdout + res.stderr
+
+
+# ---------------------------------------------------------------------- lagged exchanges
+LAGGED = dict(CASES["fold-F 4:2 nz3 f32 halo2"], lag_u=1, lag_v=2, steps=7)
+
+
+@pytest.mark.parametrize("lags", [(1, 2), (3, 1)])
+def test_fortran_lagged_exchanges_return_earlier_occurrences(toolchain, tmp_path, lags):
+    """eh_get at occurrence n returns the stencil of occurrence n - lag (initial before),
+    checked point by point in Fortran at every step."""
+    c = dict(LAGGED, lag_u=lags[0], lag_v=lags[1])
+    out = launch(toolchain, toy_args(toolchain, c, tmp_path), 4, c, c["workers"], tmp_path)
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert "toy_model: PASS (4 model ranks, 7 steps)" in out.stdout
+
+
+def test_fortran_and_python_restarts_are_the_same_file(toolchain, tmp_path):
+    """A Fortran run split in two by a restart passes the same per-step checks as the whole run,
+    its restart is byte for byte the Python client's after the same steps, and each client
+    restarts from the other's file."""
+    c = dict(LAGGED, outdir=str(tmp_path))
+    p = 4
+
+    def fortran_run(**kw):
+        case = dict(c, **kw)
+        out = launch(toolchain, toy_args(toolchain, case, tmp_path), p, case, case["workers"],
+                     tmp_path)
+        assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        assert "toy_model: PASS" in out.stdout
+
+    def python_run(**kw):
+        case = dict(c, **kw)
+        cfg = tmp_path / "model.json"
+        cfg.write_text(json.dumps(case))
+        out = launch(toolchain, [sys.executable, str(APP), "model", str(cfg)], p, case,
+                     case["workers"], tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    fortran_run(steps=3, restart_out=str(tmp_path / "f3"))
+    fortran_run(start=3, steps=4, restart_in=str(tmp_path / "f3"), restart_out=str(tmp_path / "f7"))
+    python_run(steps=7, restart_out=str(tmp_path / "p7"))
+    python_run(steps=3, restart_out=str(tmp_path / "p3"))
+    fortran_run(start=3, steps=4, restart_in=str(tmp_path / "p3"), restart_out=str(tmp_path / "fp7"))
+    python_run(start=3, steps=4, restart_in=str(tmp_path / "f3"), restart_out=str(tmp_path / "pf7"))
+    for r in range(p):
+        want = (tmp_path / f"p7_r{r:04d}.ehr").read_bytes()
+        for other in ("f7", "fp7", "pf7"):
+            assert (tmp_path / f"{other}_r{r:04d}.ehr").read_bytes() == want, (other, r)
+        assert (tmp_path / f"f3_r{r:04d}.ehr").read_bytes() == \
+            (tmp_path / f"p3_r{r:04d}.ehr").read_bytes()
+
+
+def test_fortran_refuses_a_mismatching_restart(toolchain, tmp_path):
+    c = dict(LAGGED, steps=2)
+    out = launch(toolchain, toy_args(toolchain, dict(c, restart_out=str(tmp_path / "r")), tmp_path),
+                 4, c, c["workers"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = dict(c, lag_u=2, start=2, restart_in=str(tmp_path / "r"))
+    out = launch(toolchain, toy_args(toolchain, again, tmp_path), 4, again, again["workers"],
+                 tmp_path, timeout=60)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "eh_enddef failed with status 6" in text
+    assert (f"model rank 0: coupling restart {tmp_path}/r_r0000.ehr: field 'su' has lag=1 in the "
+            "file, lag=2 in this run") in text
+    (tmp_path / "r_r0002.ehr").write_bytes((tmp_path / "r_r0002.ehr").read_bytes()[:100])
+    again = dict(c, start=2, restart_in=str(tmp_path / "r"))
+    out = launch(toolchain, toy_args(toolchain, again, tmp_path), 4, again, again["workers"],
+                 tmp_path, timeout=60)
+    assert out.returncode != 0
+    assert f"model rank 2: coupling restart {tmp_path}/r_r0002.ehr: truncated (100 bytes, the " \
+        "number of records needs bytes 96..104)" in out.stdout + out.stderr

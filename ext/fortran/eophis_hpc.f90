@@ -29,13 +29,14 @@ module eophis_hpc
    integer, parameter, public :: EH_ERR_HANDSHAKE = 3 !< the workers refused the declaration
    integer, parameter, public :: EH_ERR_TIMEOUT = 4   !< a peer did not answer in time
    integer, parameter, public :: EH_ERR_MPI = 5       !< an MPI call failed
+   integer, parameter, public :: EH_ERR_RESTART = 6   !< a coupling restart is missing or differs
 
    character(len=*), parameter, public :: EH_VERSION = "1"
 
    ! the protocol of eophis_hpc.transport.mpi / runtime.handshake / runtime.client_table
    integer, parameter :: TAG_HANDSHAKE = 7001, TAG_CONTROL = 7002, TAG_JOIN = 7003
    integer(int32), parameter :: ROLE_MODEL = 0, ROLE_WORKER = 1
-   integer, parameter :: PROTOCOL = 1, TABLE_VERSION = 1
+   integer, parameter :: PROTOCOL = 1, TABLE_VERSION = 2
    integer(int64), parameter :: STEP_STATIC = -2_int64, NOTE_STOP = -1_int64
    integer(int64), parameter :: NO_STEP = -huge(1_int64)
    integer, parameter :: DIR_IN = 0, DIR_OUT = 1
@@ -61,6 +62,14 @@ module eophis_hpc
       type(MPI_Request), allocatable :: requests(:)
       integer(c_intptr_t) :: bound_addr = 0     !< array the persistent requests point at
       logical :: in_flight = .false., static_sent = .false., pending = .false.
+      ! outputs of a lagged exchange: a ring of lag + 1 slots, each an array
+      ! (array_nx, array_ny, levels) with its own persistent receives (made at eh_enddef)
+      integer(c_int8_t), pointer, contiguous :: ring(:) => null()
+      integer(int64) :: slot_bytes = 0
+      type(MPI_Datatype), allocatable :: ring_types(:)
+      type(MPI_Request), allocatable :: ring_req(:, :)   !< (route, slot)
+      logical, allocatable :: ring_posted(:)            !< (slot): receives started, not waited
+      integer(int64), allocatable :: ring_step(:)       !< (slot): the step that produced it
    end type field_t
 
    ! one coupler per process (a model rank couples once)
@@ -75,6 +84,9 @@ module eophis_hpc
    type(field_t), allocatable, save :: st_fields(:)
    integer, save :: st_nfields = 0
    integer, allocatable, save :: st_every(:)   !< per exchange, 0 = static
+   integer, allocatable, save :: st_lag(:)     !< per exchange: occurrences of lag (OASIS' LAG)
+   real(real64), allocatable, save :: st_initial(:)  !< per exchange: the first lag gets' value
+   integer(int64), allocatable, save :: st_count(:)  !< per exchange: occurrences begun
    integer(int64), allocatable, save :: st_current(:)
    type(route_set_t), allocatable, save :: st_sets(:)
    character(len=MSG_LEN), save :: st_msg = ""
@@ -128,7 +140,7 @@ contains
       call MPI_Finalized(down, ierror)
       wrank = 0
       if (up .and. .not. down) call MPI_Comm_rank(MPI_COMM_WORLD, wrank, ierror)
-      if (status == EH_ERR_HANDSHAKE .and. st_rank /= 0) then
+      if ((status == EH_ERR_HANDSHAKE .or. status == EH_ERR_RESTART) .and. st_rank /= 0) then
          call sleep_s(2.0_real64)  ! the same message on every rank: model rank 0 prints it
       else
          write (error_unit, '(a,i0,a,a)') "eophis_hpc: error on world rank ", wrank, ": ", &
@@ -634,7 +646,8 @@ contains
       end if
    end function local_error
 
-   integer function core_enddef() result(status)
+   integer function core_enddef(restart) result(status)
+      character(len=*), intent(in), optional :: restart
       character(len=:), allocatable :: mine, root_decl, json
       character(len=MSG_LEN) :: err
       character(len=MSG_LEN), allocatable :: errs(:)
@@ -682,9 +695,16 @@ contains
       if (status /= EH_OK) return
       status = read_table(table)
       if (status /= EH_OK) return
-      allocate (st_current(0:size(st_every) - 1))
+      allocate (st_current(0:size(st_every) - 1), st_count(0:size(st_every) - 1))
       st_current = NO_STEP
+      st_count = 0
+      status = make_rings()
+      if (status /= EH_OK) return
       st_defined = .true.
+      if (present(restart)) then
+         status = read_restart(restart)
+         if (status /= EH_OK) return
+      end if
    end function core_enddef
 
    integer function recv_table(table) result(status)
@@ -741,10 +761,14 @@ contains
             "rank's declaration (internal error)")
          return
       end if
-      allocate (st_every(0:n_ex - 1))
+      allocate (st_every(0:n_ex - 1), st_lag(0:n_ex - 1), st_initial(0:n_ex - 1))
       p = 10
-      st_every = int(t(p:p + n_ex - 1))
-      p = p + n_ex
+      do k = 0, n_ex - 1
+         st_every(k) = int(t(p))
+         st_lag(k) = int(t(p + 1))
+         st_initial(k) = transfer(t(p + 2), 1.0_real64)
+         p = p + 3
+      end do
       do k = 1, n_fields
          associate (f => st_fields(k))
             f%tag = int(t(p))
@@ -784,9 +808,14 @@ contains
    !> End the definition phase (collective over the model ranks): the handshake with the
    !> workers, who check the grid, boxes and fields against their tunnel and send this rank its
    !> part of the plan. A mismatch gives every rank the same message.
-   subroutine eh_enddef(ierr)
+   !> ``restart``: start the lagged exchanges from the coupling restart ``PREFIX`` written by
+   !> the previous run's eh_finalize(restart=...) (or the Python client's close(restart=...)):
+   !> this rank reads ``PREFIX_rRRRR.ehr``; a missing or mismatching file stops every rank with
+   !> the file and the difference.
+   subroutine eh_enddef(ierr, restart)
       integer, intent(out), optional :: ierr
-      call finish(core_enddef(), ierr)
+      character(len=*), intent(in), optional :: restart
+      call finish(core_enddef(restart), ierr)
    end subroutine eh_enddef
 
    ! ===================================================================== exchanges
@@ -934,9 +963,15 @@ contains
       end if
       st_current(e) = key
       do w = 1, st_nfields
-         if (st_fields(w)%exchange == e .and. st_fields(w)%direction == DIR_OUT) &
+         if (st_fields(w)%exchange == e .and. st_fields(w)%direction == DIR_OUT) then
             st_fields(w)%pending = .true.
+            if (st_lag(e) > 0) then
+               status = post_ring(w, key)
+               if (status /= EH_OK) return
+            end if
+         end if
       end do
+      st_count(e) = st_count(e) + 1
    end function begin
 
    !> Receive (and drop) the outputs of exchange ``e`` the model did not get, so the workers
@@ -951,6 +986,10 @@ contains
       do k = 1, st_nfields
          associate (f => st_fields(k))
             if (f%exchange /= e .or. .not. f%pending) cycle
+            if (st_lag(e) > 0) then  ! nothing in flight for the caller: the ring holds it
+               f%pending = .false.
+               cycle
+            end if
             allocate (scratch(int(array_nx(), int64)*array_ny()*f%levels*f%itemsize))
             status = build_types(f, f%levels, types)
             if (status /= EH_OK) return
@@ -1052,11 +1091,11 @@ contains
                if (st_fields(k)%exchange == e .and. st_fields(k)%direction == DIR_IN) &
                   has_inputs = .true.
             end do
-            if (has_inputs) then
+            if (has_inputs .and. st_lag(e) == 0) then
                status = fail(EH_ERR_STATE, "eh_get('"//f%name//"', step="//trim(str(step))// &
                   "): the inputs of its exchange were not put at this step")
                return
-            end if
+            end if  ! a lagged exchange may get first: its result is an older occurrence's
             status = begin(id, step, due)
             if (status /= EH_OK) return
          end if
@@ -1072,6 +1111,11 @@ contains
                if (status /= EH_OK) return
             end if
          end do
+         if (st_lag(e) > 0) then
+            status = get_ring(id, addr, n1, n2, nk)
+            f%pending = .false.
+            return
+         end if
          call zero_fills(f, addr, n1, n2, nk)
          status = bind_requests(f, addr, nk, int(n1, int64)*n2*nk*itemsize)
          if (status /= EH_OK) return
@@ -1315,6 +1359,462 @@ contains
       end if
    end subroutine get_name_r4_2d
 
+   ! ===================================================================== lagged exchanges
+   !> The ring of every output of a lagged exchange, made at eh_enddef: lag + 1 slots, each an
+   !> array (array_nx, array_ny, levels) of the field's kind filled with the exchange's initial
+   !> value, and persistent receives into every slot. Occurrence n's outputs are received into
+   !> slot mod(n, lag + 1); eh_get at occurrence n copies slot mod(n - lag, lag + 1) into the
+   !> model's array. Nothing is allocated after eh_enddef.
+   integer function make_rings() result(status)
+      integer :: k, r, slot, nslots, ierror
+      integer(int64) :: n
+      real(real64), pointer :: a8(:)
+      real(real32), pointer :: a4(:)
+      integer(c_int8_t), pointer :: buf(:)
+      status = EH_OK
+      do k = 1, st_nfields
+         associate (f => st_fields(k))
+            if (f%direction /= DIR_OUT) cycle
+            if (st_lag(f%exchange) == 0) cycle
+            nslots = st_lag(f%exchange) + 1
+            n = int(array_nx(), int64)*array_ny()*f%levels
+            f%slot_bytes = n*f%itemsize
+            allocate (f%ring(f%slot_bytes*nslots))
+            if (f%itemsize == 8) then
+               call c_f_pointer(c_loc(f%ring(1)), a8, [n*nslots])
+               a8 = st_initial(f%exchange)
+            else
+               call c_f_pointer(c_loc(f%ring(1)), a4, [n*nslots])
+               a4 = real(st_initial(f%exchange), real32)
+            end if
+            status = build_types(f, f%levels, f%ring_types)
+            if (status /= EH_OK) return
+            associate (routes => st_sets(f%route_set)%routes)
+               allocate (f%ring_req(size(routes), 0:nslots - 1))
+               do slot = 0, nslots - 1
+                  buf => f%ring(slot*f%slot_bytes + 1:(slot + 1)*f%slot_bytes)
+                  do r = 1, size(routes)
+                     call MPI_Recv_init(buf, 1, f%ring_types(r), routes(r)%peer, f%tag, &
+                        st_inter, f%ring_req(r, slot), ierror)
+                  end do
+               end do
+            end associate
+            allocate (f%ring_posted(0:nslots - 1), f%ring_step(0:nslots - 1))
+            f%ring_posted = .false.
+            f%ring_step = -1_int64
+         end associate
+      end do
+   end function make_rings
+
+   type(c_ptr) function slot_addr(k, slot)
+      integer, intent(in) :: k, slot
+      slot_addr = c_loc(st_fields(k)%ring(slot*st_fields(k)%slot_bytes + 1))
+   end function slot_addr
+
+   integer function ring_slot(e, occurrence)
+      integer, intent(in) :: e
+      integer(int64), intent(in) :: occurrence
+      ring_slot = int(modulo(occurrence, int(st_lag(e) + 1, int64)))
+   end function ring_slot
+
+   !> Complete slot ``slot``'s receives of field ``k`` if they were started.
+   integer function complete_ring(k, slot) result(status)
+      integer, intent(in) :: k, slot
+      status = EH_OK
+      associate (f => st_fields(k))
+         if (.not. f%ring_posted(slot)) return
+         status = wait_all(f%ring_req(:, slot), st_sets(f%route_set)%peers, "eh_get", f%name)
+         f%ring_posted(slot) = .false.
+      end associate
+   end function complete_ring
+
+   !> Occurrence st_count(e) of field ``k``'s exchange begins at ``key``: receive its outputs
+   !> into their slot (whose content, never got, is completed and dropped first).
+   integer function post_ring(k, key) result(status)
+      integer, intent(in) :: k
+      integer(int64), intent(in) :: key
+      integer :: slot, ierror
+      associate (f => st_fields(k))
+         slot = ring_slot(f%exchange, st_count(f%exchange))
+         status = complete_ring(k, slot)
+         if (status /= EH_OK) return
+         call zero_fills(f, slot_addr(k, slot), array_nx(), array_ny(), f%levels)
+         call MPI_Startall(size(f%ring_req, 1), f%ring_req(:, slot), ierror)
+         f%ring_posted(slot) = .true.
+         f%ring_step(slot) = key
+      end associate
+   end function post_ring
+
+   !> eh_get of a lagged output: the box of occurrence (current - lag) into the model's array.
+   integer function get_ring(k, addr, n1, n2, nk) result(status)
+      integer, intent(in) :: k, n1, n2, nk
+      type(c_ptr), intent(in) :: addr
+      integer :: slot
+      associate (f => st_fields(k))
+         slot = ring_slot(f%exchange, st_count(f%exchange) - 1 - st_lag(f%exchange))
+         status = complete_ring(k, slot)
+         if (status /= EH_OK) return
+         call copy_box(f, slot_addr(k, slot), addr, n1, n2, nk)
+      end associate
+   end function get_ring
+
+   !> The box (all the field's levels) of array ``src`` into array ``dst``, both
+   !> (n1, n2, >= levels) with the model's halo, which is left untouched.
+   subroutine copy_box(f, src, dst, n1, n2, nk)
+      type(field_t), intent(in) :: f
+      type(c_ptr), intent(in) :: src, dst
+      integer, intent(in) :: n1, n2, nk
+      real(real64), pointer :: s8(:, :, :), d8(:, :, :)
+      real(real32), pointer :: s4(:, :, :), d4(:, :, :)
+      integer :: i0, i1, j0, j1
+      i0 = st_halo(1) + 1
+      i1 = st_halo(1) + st_i1 - st_i0
+      j0 = st_halo(3) + 1
+      j1 = st_halo(3) + st_j1 - st_j0
+      if (f%itemsize == 8) then
+         call c_f_pointer(src, s8, [array_nx(), array_ny(), f%levels])
+         call c_f_pointer(dst, d8, [n1, n2, nk])
+         d8(i0:i1, j0:j1, 1:f%levels) = s8(i0:i1, j0:j1, 1:f%levels)
+      else
+         call c_f_pointer(src, s4, [array_nx(), array_ny(), f%levels])
+         call c_f_pointer(dst, d4, [n1, n2, nk])
+         d4(i0:i1, j0:j1, 1:f%levels) = s4(i0:i1, j0:j1, 1:f%levels)
+      end if
+   end subroutine copy_box
+
+   !> Complete every started receive of field ``k``'s ring (the end of the run).
+   integer function drain_ring(k) result(status)
+      integer, intent(in) :: k
+      integer :: slot
+      status = EH_OK
+      if (.not. associated(st_fields(k)%ring)) return
+      do slot = 0, size(st_fields(k)%ring_posted) - 1
+         status = complete_ring(k, slot)
+         if (status /= EH_OK) return
+      end do
+   end function drain_ring
+
+   subroutine free_ring(f)
+      type(field_t), intent(inout) :: f
+      integer :: r, slot, ierror
+      if (.not. associated(f%ring)) return
+      do slot = lbound(f%ring_req, 2), ubound(f%ring_req, 2)
+         do r = 1, size(f%ring_req, 1)
+            call MPI_Request_free(f%ring_req(r, slot), ierror)
+         end do
+      end do
+      call free_types(f%ring_types)
+      deallocate (f%ring, f%ring_req, f%ring_posted, f%ring_step)
+      nullify (f%ring)
+   end subroutine free_ring
+
+   ! ===================================================================== coupling restarts
+   !> This rank's restart file: PREFIX_rRRRR.ehr (eophis_hpc.protocol.restart documents it).
+   function restart_file(prefix) result(path)
+      character(len=*), intent(in) :: prefix
+      character(len=:), allocatable :: path
+      character(len=16) :: tail
+      write (tail, '(a,i4.4,a)') "_r", st_rank, ".ehr"
+      path = prefix//trim(tail)
+   end function restart_file
+
+   integer(int64) function edge_code(edge)
+      character(len=*), intent(in) :: edge
+      select case (trim(edge))
+      case ("cyclic")
+         edge_code = 1
+      case ("fold")
+         edge_code = 2
+      case default
+         edge_code = 0
+      end select
+   end function edge_code
+
+   function edge_name(code) result(out)
+      integer(int64), intent(in) :: code
+      character(len=:), allocatable :: out
+      select case (code)
+      case (0)
+         out = "'closed'"
+      case (1)
+         out = "'cyclic'"
+      case (2)
+         out = "'fold'"
+      case default
+         out = trim(itoa(code))
+      end select
+   end function edge_name
+
+   function grid_words() result(w)
+      integer(int64) :: w(6)
+      w = [int(st_nx, int64), int(st_ny, int64), edge_code(st_ew), edge_code(st_south), &
+           edge_code(st_north), 0_int64]
+      if (trim(st_north) == "fold" .and. trim(st_pivot) == "F") w(6) = 1
+   end function grid_words
+
+   !> The lagged outputs in the tunnel's field order (their tags), for the restart records.
+   function lagged_fields() result(ids)
+      integer, allocatable :: ids(:)
+      integer :: k, m, tmp
+      allocate (ids(0))
+      do k = 1, st_nfields
+         if (associated(st_fields(k)%ring)) ids = [ids, k]
+      end do
+      do k = 2, size(ids)  ! insertion sort by tag (a handful of fields)
+         tmp = ids(k)
+         m = k - 1
+         do while (m >= 1)
+            if (st_fields(ids(m))%tag <= st_fields(tmp)%tag) exit
+            ids(m + 1) = ids(m)
+            m = m - 1
+         end do
+         ids(m + 1) = tmp
+      end do
+   end function lagged_fields
+
+   integer function write_restart(prefix) result(status)
+      character(len=*), intent(in) :: prefix
+      interface
+         integer(c_int) function c_rename(old, new) bind(C, name="rename")
+            import :: c_int, c_char
+            character(kind=c_char), intent(in) :: old(*), new(*)
+         end function c_rename
+      end interface
+      character(len=:), allocatable :: path, tmp
+      character(len=64) :: name
+      integer, allocatable :: ids(:)
+      integer :: unit, ios, n, k, m, slot, e
+      integer(int64) :: first
+      real(real64), pointer :: s8(:, :, :)
+      real(real32), pointer :: s4(:, :, :)
+      status = EH_OK
+      path = restart_file(prefix)
+      tmp = path//".tmp"
+      ids = lagged_fields()
+      open (newunit=unit, file=tmp, access="stream", form="unformatted", status="replace", &
+            action="write", iostat=ios)
+      if (ios /= 0) then
+         status = fail(EH_ERR_ARG, "eh_finalize: cannot write the coupling restart "//tmp)
+         return
+      end if
+      write (unit) "EHRESTRT", 1_int64, grid_words(), int(st_j0, int64), int(st_j1, int64), &
+         int(st_i0, int64), int(st_i1, int64), int(size(ids), int64)
+      do n = 1, size(ids)
+         k = ids(n)
+         associate (f => st_fields(k))
+            e = f%exchange
+            name = f%name
+            first = st_count(e) - st_lag(e)  ! the oldest occurrence still to be got
+            write (unit) name, int(st_lag(e), int64), int(f%levels, int64), &
+               int(f%itemsize, int64)
+            write (unit) (f%ring_step(ring_slot(e, first + m)), m = 0, st_lag(e) - 1)
+            do m = 0, st_lag(e) - 1
+               slot = ring_slot(e, first + m)
+               if (f%itemsize == 8) then
+                  call c_f_pointer(slot_addr(k, slot), s8, [array_nx(), array_ny(), f%levels])
+                  write (unit) s8(st_halo(1) + 1:st_halo(1) + st_i1 - st_i0, &
+                                  st_halo(3) + 1:st_halo(3) + st_j1 - st_j0, :)
+               else
+                  call c_f_pointer(slot_addr(k, slot), s4, [array_nx(), array_ny(), f%levels])
+                  write (unit) s4(st_halo(1) + 1:st_halo(1) + st_i1 - st_i0, &
+                                  st_halo(3) + 1:st_halo(3) + st_j1 - st_j0, :)
+               end if
+            end do
+         end associate
+      end do
+      close (unit, iostat=ios)
+      if (ios /= 0 .or. c_rename(tmp//c_null_char, path//c_null_char) /= 0) then
+         status = fail(EH_ERR_ARG, "eh_finalize: cannot write the coupling restart "//path)
+      end if
+   end function write_restart
+
+   !> Every model rank reads its restart (eh_enddef(restart=...)); the first rank's error, if
+   !> any, is every rank's (collective over the model ranks).
+   integer function read_restart(prefix) result(status)
+      character(len=*), intent(in) :: prefix
+      character(len=MSG_LEN) :: err
+      character(len=MSG_LEN), allocatable :: errs(:)
+      integer :: r, ierror
+      err = ""
+      if (load_restart(restart_file(prefix)) /= EH_OK) err = st_msg
+      allocate (errs(st_size))
+      call MPI_Allgather(err, MSG_LEN, MPI_CHARACTER, errs, MSG_LEN, MPI_CHARACTER, st_comm, &
+         ierror)
+      status = EH_OK
+      do r = 1, st_size
+         if (len_trim(errs(r)) > 0) then
+            status = fail(EH_ERR_RESTART, "model rank "//trim(str(r - 1))//": "//trim(errs(r)))
+            return
+         end if
+      end do
+   end function read_restart
+
+   integer function load_restart(path) result(status)
+      character(len=*), intent(in) :: path
+      character(len=8) :: magic
+      character(len=64) :: name
+      character(len=MSG_LEN) :: what
+      integer(int64) :: fsize, pos, version, words(6), box(4), n_rec, head(3), want(6)
+      integer(int64), allocatable :: steps(:)
+      logical :: exists
+      logical, allocatable :: seen(:)
+      integer :: unit, ios, n, k, m, slot, e, lag
+      real(real64), pointer :: s8(:, :, :)
+      real(real32), pointer :: s4(:, :, :)
+      character(len=*), parameter :: grid_keys(6) = [character(len=9) :: "nx", "ny", &
+         "east_west", "south", "north", "pivot"]
+      status = EH_OK
+      inquire (file=path, exist=exists)
+      if (.not. exists) then
+         status = fail(EH_ERR_RESTART, "coupling restart "//path//": no such file (written by "// &
+            "close(restart=...) or eh_finalize(restart=...) of the previous run)")
+         return
+      end if
+      open (newunit=unit, file=path, access="stream", form="unformatted", status="old", &
+            action="read", iostat=ios)
+      if (ios /= 0) then
+         status = fail(EH_ERR_RESTART, "coupling restart "//path//": cannot read it")
+         return
+      end if
+      inquire (unit=unit, size=fsize)
+      allocate (seen(st_nfields))
+      seen = .false.
+      pos = 0
+      if (.not. need(8_int64, "the magic bytes")) return
+      read (unit) magic
+      if (magic /= "EHRESTRT") then
+         status = bad("not an eophis_hpc coupling restart (it does not start with EHRESTRT)")
+         return
+      end if
+      if (.not. need(8_int64, "the version")) return
+      read (unit) version
+      if (version /= 1) then
+         status = bad("format version "//trim(itoa(version))//", this eophis_hpc reads version 1")
+         return
+      end if
+      if (.not. need(48_int64, "the grid")) return
+      read (unit) words
+      want = grid_words()
+      do k = 1, 6
+         if (words(k) /= want(k)) then
+            if (k >= 3 .and. k <= 5) then
+               status = bad("grid "//trim(grid_keys(k))//"="//edge_name(words(k))// &
+                  " in the file, "//edge_name(want(k))//" in this run")
+            else if (k == 6) then
+               status = bad("grid pivot="//merge("'F'", "'T'", words(6) == 1)// &
+                  " in the file, "//merge("'F'", "'T'", want(6) == 1)//" in this run")
+            else
+               status = bad("grid "//trim(grid_keys(k))//"="//trim(itoa(words(k)))// &
+                  " in the file, "//trim(itoa(want(k)))//" in this run")
+            end if
+            return
+         end if
+      end do
+      if (.not. need(32_int64, "the box")) return
+      read (unit) box
+      if (any(box /= [int(st_j0, int64), int(st_j1, int64), int(st_i0, int64), &
+                      int(st_i1, int64)])) then
+         status = bad("written for the box (j0, j1, i0, i1) = ("//trim(itoa(box(1)))//", "// &
+            trim(itoa(box(2)))//", "//trim(itoa(box(3)))//", "//trim(itoa(box(4)))// &
+            "), this rank owns ("//trim(str(st_j0))//", "//trim(str(st_j1))//", "// &
+            trim(str(st_i0))//", "//trim(str(st_i1))//") (same model decomposition and "// &
+            "rank order needed)")
+         return
+      end if
+      if (.not. need(8_int64, "the number of records")) return
+      read (unit) n_rec
+      do n = 1, int(n_rec)
+         if (.not. need(64_int64, "a field name")) return
+         read (unit) name
+         what = "the header of field '"//trim(name)//"'"
+         if (.not. need(24_int64, trim(what))) return
+         read (unit) head
+         k = find_field(trim(name))
+         if (k == 0) then
+            status = bad("field '"//trim(name)//"' is not an output of a lagged exchange in "// &
+               "this run")
+            return
+         end if
+         if (.not. associated(st_fields(k)%ring)) then
+            status = bad("field '"//trim(name)//"' is not an output of a lagged exchange in "// &
+               "this run")
+            return
+         end if
+         associate (f => st_fields(k))
+            e = f%exchange
+            lag = st_lag(e)
+            if (head(1) /= lag) then
+               status = bad("field '"//trim(name)//"' has lag="//trim(itoa(head(1)))// &
+                  " in the file, lag="//trim(str(lag))//" in this run")
+            else if (head(2) /= f%levels) then
+               status = bad("field '"//trim(name)//"' has levels="//trim(itoa(head(2)))// &
+                  " in the file, levels="//trim(str(f%levels))//" in this run")
+            else if (head(3) /= f%itemsize) then
+               status = bad("field '"//trim(name)//"' has dtype="// &
+                  merge("float64", "float32", head(3) == 8)//" in the file, dtype="// &
+                  merge("float64", "float32", f%itemsize == 8)//" in this run")
+            end if
+            if (status /= EH_OK) return
+            allocate (steps(lag))
+            what = "the steps of field '"//trim(name)//"'"
+            if (.not. need(8_int64*lag, trim(what))) return
+            read (unit) steps
+            what = "the values of field '"//trim(name)//"'"
+            if (.not. need(int(lag, int64)*f%levels*(st_j1 - st_j0)*(st_i1 - st_i0)*f%itemsize, &
+                           trim(what))) return
+            do m = 0, lag - 1
+               slot = ring_slot(e, int(m - lag, int64))
+               f%ring_step(slot) = steps(m + 1)
+               if (f%itemsize == 8) then
+                  call c_f_pointer(slot_addr(k, slot), s8, [array_nx(), array_ny(), f%levels])
+                  read (unit) s8(st_halo(1) + 1:st_halo(1) + st_i1 - st_i0, &
+                                 st_halo(3) + 1:st_halo(3) + st_j1 - st_j0, :)
+               else
+                  call c_f_pointer(slot_addr(k, slot), s4, [array_nx(), array_ny(), f%levels])
+                  read (unit) s4(st_halo(1) + 1:st_halo(1) + st_i1 - st_i0, &
+                                 st_halo(3) + 1:st_halo(3) + st_j1 - st_j0, :)
+               end if
+            end do
+            deallocate (steps)
+         end associate
+         seen(k) = .true.
+      end do
+      if (pos /= fsize) then
+         status = bad(trim(itoa(fsize - pos))//" bytes after the last record (not written by "// &
+            "eophis_hpc, or written for another run)")
+         return
+      end if
+      close (unit)
+      do k = 1, st_nfields
+         if (associated(st_fields(k)%ring) .and. .not. seen(k)) then
+            status = bad("no record for field '"//st_fields(k)%name//"' (an output of a "// &
+               "lagged exchange in this run)")
+            return
+         end if
+      end do
+
+   contains
+
+      !> Whether ``n`` more bytes are in the file (else the truncation error).
+      logical function need(n, part)
+         integer(int64), intent(in) :: n
+         character(len=*), intent(in) :: part
+         need = pos + n <= fsize
+         if (.not. need) then
+            status = bad("truncated ("//trim(itoa(fsize))//" bytes, "//part//" needs bytes "// &
+               trim(itoa(pos))//".."//trim(itoa(pos + n))//")")
+         end if
+         pos = pos + n
+      end function need
+
+      integer function bad(msg)
+         character(len=*), intent(in) :: msg
+         integer :: ios2
+         close (unit, iostat=ios2)
+         bad = fail(EH_ERR_RESTART, "coupling restart "//path//": "//msg)
+      end function bad
+   end function load_restart
+
    ! ===================================================================== the end
    integer function core_wait() result(status)
       integer :: k
@@ -1335,7 +1835,8 @@ contains
       end if
    end subroutine eh_wait
 
-   integer function core_finalize() result(status)
+   integer function core_finalize(restart) result(status)
+      character(len=*), intent(in), optional :: restart
       integer :: e, k, w, ierror
       integer(int64) :: note(2)
       status = EH_OK
@@ -1345,6 +1846,14 @@ contains
             status = drain(e)
             if (status /= EH_OK) return
          end do
+         do k = 1, st_nfields
+            status = drain_ring(k)
+            if (status /= EH_OK) return
+         end do
+         if (present(restart)) then
+            status = write_restart(restart)
+            if (status /= EH_OK) return
+         end if
          status = core_wait()
          if (status /= EH_OK) return
       end if
@@ -1359,6 +1868,7 @@ contains
          call free_requests(st_fields(k))
          call free_types(st_fields(k)%types)
          st_fields(k)%types_nk = -1
+         call free_ring(st_fields(k))
       end do
       call MPI_Comm_free(st_inter, ierror)
       st_closed = .true.
@@ -1368,9 +1878,13 @@ contains
    !> End the coupling (collective over the model ranks): receive what was not asked for,
    !> complete the sends, tell the workers to stop, free the MPI objects. The model's
    !> communicator stays valid; MPI is finalised only if eh_init started it.
-   subroutine eh_finalize(ierr)
+   !> ``restart``: write the results of lagged exchanges still in flight (what eh_get would
+   !> return at the next ``lag`` occurrences) to ``PREFIX_rRRRR.ehr``, for the next run's
+   !> eh_enddef(restart=PREFIX) (or the Python client's connect(..., restart=PREFIX)).
+   subroutine eh_finalize(ierr, restart)
       integer, intent(out), optional :: ierr
-      call finish(core_finalize(), ierr)
+      character(len=*), intent(in), optional :: restart
+      call finish(core_finalize(restart), ierr)
    end subroutine eh_finalize
 
    ! ===================================================================== C entry points
@@ -1447,6 +1961,11 @@ contains
       eh_c_enddef = to_c(core_enddef())
    end function eh_c_enddef
 
+   integer(c_int) function eh_c_enddef_restart(prefix) bind(C, name="eh_enddef_restart")
+      character(kind=c_char), intent(in) :: prefix(*)
+      eh_c_enddef_restart = to_c(core_enddef(c_string(prefix)))
+   end function eh_c_enddef_restart
+
    !> C arrays are [levels][ny + halos][nx + halos] (i fastest), the Fortran layout.
    integer(c_int) function eh_c_put(id, a, itemsize, nk, step, nonblocking) &
       bind(C, name="eh_put_raw")
@@ -1481,6 +2000,11 @@ contains
    integer(c_int) function eh_c_finalize() bind(C, name="eh_finalize")
       eh_c_finalize = to_c(core_finalize())
    end function eh_c_finalize
+
+   integer(c_int) function eh_c_finalize_restart(prefix) bind(C, name="eh_finalize_restart")
+      character(kind=c_char), intent(in) :: prefix(*)
+      eh_c_finalize_restart = to_c(core_finalize(c_string(prefix)))
+   end function eh_c_finalize_restart
 
    integer(c_int) function eh_c_set_timeout(seconds) bind(C, name="eh_set_timeout")
       real(c_double), value :: seconds

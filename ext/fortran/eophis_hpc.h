@@ -25,7 +25,8 @@ enum {
   EH_ERR_STATE = 2,    /* a call out of order (put before enddef, ...) */
   EH_ERR_HANDSHAKE = 3,/* the workers refused the declaration */
   EH_ERR_TIMEOUT = 4,  /* a peer did not answer in time */
-  EH_ERR_MPI = 5       /* an MPI call failed */
+  EH_ERR_MPI = 5,      /* an MPI call failed */
+  EH_ERR_RESTART = 6   /* a coupling restart is missing, truncated or differs from the run */
 };
 
 int eh_init_f(int *model_comm_f);  /* Fortran handle of the model communicator */
@@ -37,10 +38,14 @@ int eh_field(const char *name, int levels, const char *direction /* "in" | "out"
              const char *dtype /* "float64" | "float32" */, int *id);
 int eh_field_id(const char *name, int *id);
 int eh_enddef(void);
+/* eh_enddef, lagged exchanges starting from the coupling restart PREFIX_rRRRR.ehr */
+int eh_enddef_restart(const char *prefix);
 int eh_put_raw(int id, const void *array, int itemsize, int nk, int step, int nonblocking);
 int eh_get_raw(int id, void *array, int itemsize, int nk, int step);
 int eh_wait(void);
 int eh_finalize(void);
+/* eh_finalize, writing the lagged results still in flight to PREFIX_rRRRR.ehr */
+int eh_finalize_restart(const char *prefix);
 int eh_set_timeout(double seconds);
 int eh_abort_on_error(int flag);
 int eh_error_message(char *buf, int n);

@@ -19,6 +19,7 @@ from eophis_hpc.reference import reference_tile
 
 JUNK_IN, JUNK_OUT = -777.0, -555.0
 OFFSETS = {"u": 0, "v": 3}  # as in toy_model.F90
+INITIAL = {"u": 0.5, "v": -2.0}  # the first lagged results, as INITIAL_U / INITIAL_V there
 
 
 def value(grid: eh.Grid, name: str, step: int, levels: int, dtype) -> np.ndarray:
@@ -28,9 +29,12 @@ def value(grid: eh.Grid, name: str, step: int, levels: int, dtype) -> np.ndarray
 
 
 def exchanges(cfg) -> list:
-    return [eh.Exchange(inputs="u", outputs="su", levels=cfg["levels"], dtype=cfg["dtype"]),
+    lag_u, lag_v = cfg.get("lag_u", 0), cfg.get("lag_v", 0)
+    return [eh.Exchange(inputs="u", outputs="su", levels=cfg["levels"], dtype=cfg["dtype"],
+                        lag=lag_u, initial=INITIAL["u"]),
             eh.Exchange(inputs="v", outputs="sv", levels=cfg["levels"], dtype=cfg["dtype"],
-                        every=cfg["every_v"], point="V", signs={"v": -1})][:cfg.get("n_exchanges", 2)]
+                        every=cfg["every_v"], point="V", signs={"v": -1}, lag=lag_v,
+                        initial=INITIAL["v"])][:cfg.get("n_exchanges", 2)]
 
 
 def run_worker(cfg) -> None:
@@ -75,11 +79,12 @@ def run_model(cfg) -> None:
     i0, i1 = pi * grid.nx // px, (pi + 1) * grid.nx // px
     j0, j1 = pj * grid.ny // py, (pj + 1) * grid.ny // py
     hm, nz, dt = cfg["model_halo"], cfg["levels"], np.dtype(cfg["dtype"])
-    cpl = eh.connect(grid, eh.Box(j0, j1, i0, i1))
+    cpl = eh.connect(grid, eh.Box(j0, j1, i0, i1), restart=cfg.get("restart_in"))
     shape = (nz, j1 - j0 + 2 * hm, i1 - i0 + 2 * hm)
     inner = (slice(None), slice(hm, hm + j1 - j0), slice(hm, hm + i1 - i0))
     su, sv = np.full(shape, JUNK_OUT, dt), np.full(shape, JUNK_OUT, dt)
-    for step in range(cfg["steps"]):
+    start = cfg.get("start", 0)
+    for step in range(start, start + cfg["steps"]):
         for name in ("u", "v"):
             arr = np.full(shape, JUNK_IN, dt)
             arr[inner] = value(grid, name, step, nz, dt)[:, j0:j1, i0:i1]
@@ -88,7 +93,7 @@ def run_model(cfg) -> None:
         sv.fill(JUNK_OUT)
         cpl.get("su", step, out=su, offset=(hm, hm))
         cpl.get("sv", step, out=sv, offset=(hm, hm))
-    cpl.close()
+    cpl.close(restart=cfg.get("restart_out"))
     with open(Path(cfg["outdir"]) / f"python_rank{rank}.bin", "wb") as fh:
         fh.write(np.ascontiguousarray(su[inner]).tobytes())
         fh.write(np.ascontiguousarray(sv[inner]).tobytes())

@@ -5,7 +5,13 @@
 ! boundary conditions (closed, cyclic, north fold) on its own, and stops with a non-zero exit
 ! when anything differs. Compiled once per real kind: -DWP=8 or -DWP=4.
 !
+! Lagged exchanges (optional arguments): su and sv at step n are the stencils of the inputs of
+! the occurrence lag_u (lag_v) occurrences earlier, or INITIAL_U (INITIAL_V) before the first
+! one; ``start`` is the first step (a restarted run); ``restart_in`` / ``restart_out`` ('-':
+! none) are the coupling restart prefixes of eh_enddef / eh_finalize.
+!
 ! Usage: toy_model nx ny east_west south north pivot px py model_halo levels steps every_v outdir
+!        [lag_u lag_v start restart_in restart_out]
 #ifndef WP
 #define WP 8
 #endif
@@ -16,7 +22,9 @@ program toy_model
    implicit none
    integer, parameter :: wp = WP
    real(wp), parameter :: JUNK_IN = -777.0_wp, JUNK_OUT = -555.0_wp
-   integer :: nx, ny, px, py, hm, nz, steps, every_v
+   real(wp), parameter :: INITIAL_U = 0.5_wp, INITIAL_V = -2.0_wp  ! as tests/apps/fortran_workers.py
+   integer :: nx, ny, px, py, hm, nz, steps, every_v, lag_u = 0, lag_v = 0, start = 0
+   character(len=512) :: restart_in = "-", restart_out = "-"
    character(len=16) :: ew, south, north, pivot
    character(len=512) :: outdir
    type(MPI_Comm) :: comm
@@ -51,7 +59,11 @@ program toy_model
    call eh_field("su", nz, "out", dtype=trim(dtype))
    call eh_field("v", nz, "in", dtype=trim(dtype), id=id_v)
    call eh_field("sv", nz, "out", dtype=trim(dtype))
-   call eh_enddef(ierr)
+   if (restart_in == "-") then
+      call eh_enddef(ierr)
+   else
+      call eh_enddef(ierr, restart=trim(restart_in))
+   end if
    call check(ierr, "eh_enddef")
 
    allocate (u(ni + 2*hm, nj + 2*hm, nz), v(ni + 2*hm, nj + 2*hm, nz))
@@ -60,7 +72,7 @@ program toy_model
    fold_v = fold_shift(pivot, "V")
    bad = 0
    first_bad = ""
-   do step = 0, steps - 1
+   do step = start, start + steps - 1
       call fill(u, 0, step)
       call fill(v, 3, step)
       su = JUNK_OUT
@@ -80,14 +92,18 @@ program toy_model
          call eh_get("sv", sv, step, ierr=ierr)
          call check(ierr, "eh_get(sv)")
       end if
-      call compare(su, 0, 1.0_wp, fold_u, step, "su")
+      call compare(su, 0, 1.0_wp, fold_u, step - lag_u, INITIAL_U, "su")
       if (mod(step, every_v) == 0) then
-         call compare(sv, 3, -1.0_wp, fold_v, step, "sv")
+         call compare(sv, 3, -1.0_wp, fold_v, step - lag_v*every_v, INITIAL_V, "sv")
       else if (any(sv /= JUNK_OUT)) then  ! not due: eh_get must leave the array alone
          call record("sv was written at step "//itoa(step)//" where its exchange is not due")
       end if
    end do
-   call eh_finalize(ierr)
+   if (restart_out == "-") then
+      call eh_finalize(ierr)
+   else
+      call eh_finalize(ierr, restart=trim(restart_out))
+   end if
    call check(ierr, "eh_finalize")
    call dump()
    call MPI_Allreduce(bad, total_bad, 1, MPI_INTEGER, MPI_SUM, comm)
@@ -108,10 +124,20 @@ contains
       integer :: k
       integer :: ints(9)
       integer, parameter :: pos(9) = [1, 2, 7, 8, 9, 10, 11, 12, 0]
-      if (command_argument_count() /= 13) then
+      if (command_argument_count() /= 13 .and. command_argument_count() /= 18) then
          write (error_unit, *) "usage: toy_model nx ny east_west south north pivot px py "// &
-            "model_halo levels steps every_v outdir"
+            "model_halo levels steps every_v outdir [lag_u lag_v start restart_in restart_out]"
          error stop 2
+      end if
+      if (command_argument_count() == 18) then
+         call get_command_argument(14, arg)
+         read (arg, *) lag_u
+         call get_command_argument(15, arg)
+         read (arg, *) lag_v
+         call get_command_argument(16, arg)
+         read (arg, *) start
+         call get_command_argument(17, restart_in)
+         call get_command_argument(18, restart_out)
       end if
       do k = 1, 8
          call get_command_argument(pos(k), arg)
@@ -216,10 +242,12 @@ contains
       end do
    end subroutine fill
 
-   subroutine compare(s, offset, sgn, ab, step, name)
+   !> ``s`` must be the stencil of the inputs put at step ``step`` (the source of a lagged
+   !> result), or ``initial`` everywhere when ``step`` < 0 (before the first occurrence).
+   subroutine compare(s, offset, sgn, ab, step, initial, name)
       real(wp), intent(in) :: s(:, :, :)
       integer, intent(in) :: offset, ab(2), step
-      real(wp), intent(in) :: sgn
+      real(wp), intent(in) :: sgn, initial
       character(len=*), intent(in) :: name
       integer :: i, j, k, gi, gj
       real(wp) :: c, n, so, e, w, want
@@ -240,6 +268,7 @@ contains
                e = ext(gj, gi + 1, k - 1, offset, step, sgn, ab)
                w = ext(gj, gi - 1, k - 1, offset, step, sgn, ab)
                want = ((n - so) + 2.0_wp*(e - w)) + c
+               if (step < 0) want = initial
                if (s(hm + i, hm + j, k) /= want) then
                   write (msg, '(a,a,i0,a,i0,a,i0,a,i0,a,g0,a,g0)') name, " step ", step, &
                      " level ", k - 1, " global j=", gj, " i=", gi, ": got ", &

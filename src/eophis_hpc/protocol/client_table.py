@@ -9,7 +9,10 @@ Layout (all integers; grid indices 0-based, relative to the rank's box origin)::
          and nothing else does
     [2]  number of workers      [3] number of exchanges      [4] number of fields
     [5:9] the rank's box (j0, j1, i0, i1)
-    per exchange:  every (steps between occurrences; 0 for a static exchange)
+    per exchange (3 values): every (steps between occurrences; 0 for a static exchange),
+         lag (occurrences between the inputs put and the outputs got, OASIS' LAG; 0: none),
+         initial (what get returns at the first ``lag`` occurrences: the int64 whose 64 bits
+         are the IEEE float64, e.g. Fortran ``transfer(t(k), 1.0_real64)``)
     per field, in the client's declaration order:
          tag, exchange, direction (0: model -> workers, 1: workers -> model), levels,
          itemsize (4 or 8), route set
@@ -27,7 +30,7 @@ from .wire import TAG_DATA
 from .layout import Layout
 from .schedule import Schedule
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: each exchange also carries its lag and initial value
 
 
 def error_table(message: str) -> np.ndarray:
@@ -41,7 +44,8 @@ def build(layout: Layout, schedule: Schedule, rank: int, field_order: list[str])
     box = layout.src.boxes[rank]
     out = [TABLE_VERSION, 0, layout.n_workers, len(schedule.exchanges), len(field_order),
            box.j0, box.j1, box.i0, box.i1]
-    out += [0 if ex.static else schedule.every_steps(e) for e, ex in enumerate(schedule.exchanges)]
+    for e, ex in enumerate(schedule.exchanges):
+        out += [0 if ex.static else schedule.every_steps(e), ex.lag, float_bits(ex.initial)]
     sets: dict[tuple[str, str], int] = {}
     for name in field_order:
         spec = schedule.fields[name]
@@ -75,8 +79,8 @@ def decode(table) -> dict:
         return {"error": "".join(chr(c) for c in t[2:2 + t[1]])}
     n_workers, n_ex, n_fields = t[2:5]
     pos = 9
-    every = t[pos:pos + n_ex]
-    pos += n_ex
+    per_exchange = [t[pos + 3 * e:pos + 3 * e + 3] for e in range(n_ex)]
+    pos += 3 * n_ex
     fields = []
     for _ in range(n_fields):
         tag, ex, direction, levels, itemsize, route_set = t[pos:pos + 6]
@@ -103,5 +107,16 @@ def decode(table) -> dict:
         sets.append({"routes": routes, "fills": fills})
     if pos != len(t):
         raise ValueError(f"client table: {len(t) - pos} values left over")
-    return {"error": None, "n_workers": n_workers, "box": tuple(t[5:9]), "every": every,
-            "fields": fields, "route_sets": sets}
+    return {"error": None, "n_workers": n_workers, "box": tuple(t[5:9]),
+            "every": [x[0] for x in per_exchange], "lag": [x[1] for x in per_exchange],
+            "initial": [bits_float(x[2]) for x in per_exchange], "fields": fields,
+            "route_sets": sets}
+
+
+def float_bits(value: float) -> int:
+    """The int64 holding the 64 bits of ``value`` as an IEEE float64."""
+    return int(np.array(value, dtype=np.float64).view(np.int64))
+
+
+def bits_float(bits: int) -> float:
+    return float(np.array(bits, dtype=np.int64).view(np.float64))
