@@ -269,3 +269,32 @@ def test_static_fields_and_very_long_runs_are_refused(tmp_path):
         nc.write_namcouple(nc.coupling_fields([TUNNEL]), 10**8, str(tmp_path))
     no_static = dict(TUNNEL, exchs=TUNNEL["exchs"][:2])
     nc.write_namcouple(nc.coupling_fields([no_static]), 10**8, str(tmp_path))
+
+
+def test_a_lagged_exchange_is_oasis_lag_on_its_outputs(tmp_path):
+    """Exchange(lag=L) over OASIS: LAG = L periods (seconds) on the fields the workers send
+    back, 0 on the model's; a namcouple whose LAG differs is refused naming the field."""
+    g = eh.Grid(20, 10, name="g")
+    t = eh.Tunnel(g, 1, [eh.Exchange(inputs=["u"], outputs=["fu", "gu"], every=3, lag=2),
+                         eh.Exchange(inputs=["v"], outputs=["fv"], freq=7200, lag=1)],
+                  dt=600, transport="oasis")
+    fields = nc.coupling_fields([nc.tunnel_dict(t, "T")])
+    assert {f.name: f.lag for f in fields} == {"u": 0, "fu": 3600, "gu": 3600, "v": 0, "fv": 7200}
+    path = nc.write_namcouple(fields, 36000, str(tmp_path))
+    text = open(path).read()
+    assert "M_OUT_0 E_IN_0 1 1800 0 rst.nc EXPORTED\n20 10 20 10 g g LAG=+3600" in text
+    assert "E_OUT_0 M_IN_0 1 1800 0 rst.nc EXPORTED\n20 10 20 10 g g LAG=0" in text
+    nc.check_namcouple(nc.read_namcouple(path), fields)
+    stale = nc.Namcouple(text.replace("LAG=+7200", "LAG=0"), path)
+    with pytest.raises(nc.NamcoupleError, match=r"LAG=0, expected LAG=\+7200") as err:
+        nc.check_namcouple(stale, fields)
+    assert err.value.field == "fv"
+
+
+def test_oasis_lag_takes_its_first_values_from_the_oasis_restart():
+    from eophis_hpc.oasis.engine import OasisSession
+    g = eh.Grid(20, 10, name="g")
+    t = eh.Tunnel(g, 1, [eh.Exchange(inputs=["u"], outputs=["fu"], lag=1, initial=2.0)], dt=600,
+                  transport="oasis")
+    with pytest.raises(ValueError, match="OASIS reads the first 1 value.* coupling restart file"):
+        OasisSession([t])

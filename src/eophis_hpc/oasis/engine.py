@@ -70,6 +70,13 @@ class OasisSession:
             if tnl.schedule.dt is None:
                 raise ValueError("transport='oasis': the tunnel needs dt (the model time step in "
                                  "seconds): OASIS dates are seconds")
+            for ex in tnl.exchanges:
+                if ex.lag and ex.initial != 0.0:
+                    raise ValueError(
+                        f"transport='oasis': Exchange{ex.inputs} has lag={ex.lag} and initial="
+                        f"{ex.initial}: OASIS reads the first {ex.lag} value(s) of a lagged field "
+                        "from its coupling restart file (the namcouple's rst.nc), not from "
+                        "initial=; leave initial at 0 and provide that file")
             dicts.append(namcouple.tunnel_dict(tnl, labels[t], geo_aliases[t], py_aliases[t]))
         fields = namcouple.coupling_fields(dicts)
         self.fields = fields

@@ -59,8 +59,10 @@ class NamcoupleError(ValueError):
 class CouplingField:
     """One namcouple block: field ``name`` of tunnel ``tunnel``, ``direction`` "in" (model ->
     workers) or "out", period ``freq`` in seconds (``STATIC`` = once), grid ``grid`` of
-    ``nx x ny`` points, and the names on the model side (``geo_alias``) and on ours
-    (``py_alias``)."""
+    ``nx x ny`` points, the names on the model side (``geo_alias``) and on ours
+    (``py_alias``), and OASIS' ``LAG`` in seconds (outputs of a lagged exchange: ``lag``
+    occurrences times the period; OASIS then hands the model at date ``t`` what the workers put
+    at ``t - LAG``, the first ones from its coupling restart file)."""
 
     tunnel: str
     name: str
@@ -71,6 +73,7 @@ class CouplingField:
     grid: str
     geo_alias: str
     py_alias: str
+    lag: int = 0
 
     @property
     def source(self) -> str:
@@ -89,8 +92,8 @@ def coupling_fields(tunnels: Sequence[dict]) -> list[CouplingField]:
     Eophis does.
 
     Each tunnel: ``label``; ``grids`` ``{name: {"npts": (nx, ny), ...}}``; ``exchs`` ``[{"freq":
-    seconds or STATIC, "grd": name, "in": [...], "out": [...]}]``; optional ``geo_aliases`` and
-    ``py_aliases`` ``{field: alias}``."""
+    seconds or STATIC, "grd": name, "in": [...], "out": [...], "lag": seconds (optional, outputs
+    only)}]``; optional ``geo_aliases`` and ``py_aliases`` ``{field: alias}``."""
     out: list[CouplingField] = []
     n_in = n_out = 0
     for k, tnl in enumerate(tunnels):
@@ -105,6 +108,7 @@ def coupling_fields(tunnels: Sequence[dict]) -> list[CouplingField]:
                                  f"{sorted(grids)}")
             nx, ny = (int(v) for v in grids[grd]["npts"])
             freq = _period(ex.get("freq"), f"tunnel {label}: exchange {x}")
+            lag = int(ex.get("lag") or 0)
             for name in ex.get("in") or ():
                 out.append(CouplingField(label, name, "in", freq, nx, ny, str(grd),
                                          geo.get(name, f"E_OUT_{n_in}"),
@@ -113,7 +117,7 @@ def coupling_fields(tunnels: Sequence[dict]) -> list[CouplingField]:
             for name in ex.get("out") or ():
                 out.append(CouplingField(label, name, "out", freq, nx, ny, str(grd),
                                          geo.get(name, f"E_IN_{n_out}"),
-                                         py.get(name, f"M_OUT_{n_out}")))
+                                         py.get(name, f"M_OUT_{n_out}"), lag))
                 n_out += 1
     seen: dict = {}
     for f in out:
@@ -140,7 +144,8 @@ def _period(freq, where: str) -> int:
 def tunnel_dict(tunnel, label: str | None = None, geo_aliases: dict | None = None,
                 py_aliases: dict | None = None) -> dict:
     """An :class:`eophis_hpc.Tunnel` as the dictionary :func:`coupling_fields` reads: one grid
-    (named after the grid, or ``NXxNY``), periods in seconds (``every`` steps times ``dt``)."""
+    (named after the grid, or ``NXxNY``), periods in seconds (``every`` steps times ``dt``), the
+    outputs' LAG in seconds (``lag`` occurrences times the period)."""
     grid = tunnel.grid
     gname = grid.name or f"g{grid.nx}x{grid.ny}"
     dt = tunnel.schedule.dt
@@ -156,7 +161,10 @@ def tunnel_dict(tunnel, label: str | None = None, geo_aliases: dict | None = Non
                              "period")
         else:
             freq = ex.every * dt
-        exchs.append({"freq": freq, "grd": gname, "in": list(ex.inputs), "out": list(ex.outputs)})
+        lag = 0 if ex.static else _period(ex.lag * Fraction(str(freq)), f"exchange {x}: lag") \
+            if ex.lag else 0
+        exchs.append({"freq": freq, "grd": gname, "in": list(ex.inputs), "out": list(ex.outputs),
+                      "lag": lag})
     return {"label": label or gname, "grids": {gname: {"npts": (grid.nx, grid.ny)}},
             "exchs": exchs, "geo_aliases": geo_aliases or {}, "py_aliases": py_aliases or {}}
 
@@ -349,7 +357,7 @@ def render_fields(fields: Sequence[CouplingField], runtime: int) -> list[str]:
         freq = runtime if f.freq == STATIC else f.freq
         lines += [arrow,
                   f"{f.source} {f.target} 1 {freq} 0 rst.nc EXPORTED",
-                  f"{f.nx} {f.ny} {f.nx} {f.ny} {f.grid} {f.grid} LAG=0",
+                  f"{f.nx} {f.ny} {f.nx} {f.ny} {f.grid} {f.grid} LAG={_lag_text(f.lag)}",
                   "R 0 R 0"]
     if fields:
         lines.append("#")
@@ -477,8 +485,10 @@ def check_namcouple(doc: Namcouple, fields: Iterable[CouplingField]) -> None:
             if names != (f.grid, f.grid):
                 problems.append((line, f"grids {' '.join(names)}, expected {f.grid} {f.grid}"))
             lags = [o for o in options if o.upper().startswith("LAG=")]
-            if lags and lags[0].upper() != "LAG=0":
-                problems.append((line, f"{lags[0]}, expected LAG=0"))
+            got = _lag_seconds(lags[0]) if lags else 0
+            if got != f.lag:
+                problems.append((line, f"{lags[0] if lags else 'no LAG'}, expected "
+                                       f"LAG={_lag_text(f.lag)}"))
         per = b.periodicity()
         if per is not None and per[1] != ["R", "0", "R", "0"]:
             problems.append((per[0], f"periodicity {' '.join(per[1])}, expected R 0 R 0"))
@@ -486,3 +496,15 @@ def check_namcouple(doc: Namcouple, fields: Iterable[CouplingField]) -> None:
             line, what = problems[0]
             raise NamcoupleError(f"field {f.label()} differs from the tunnels: {what}", line,
                                  doc.path, f.name)
+
+
+def _lag_text(seconds: int) -> str:
+    return f"+{seconds}" if seconds else "0"
+
+
+def _lag_seconds(option: str) -> int | None:
+    """The seconds of a ``LAG=[+-]N`` option (None when it is not an integer)."""
+    try:
+        return int(option.split("=", 1)[1])
+    except ValueError:
+        return None
