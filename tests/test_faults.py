@@ -69,19 +69,20 @@ def test_normal_end_exits_zero_without_abort(tmp_path):
 
 def test_soak_memory_stays_flat(tmp_path):
     """Many small steps: no rank's resident memory grows between a quarter of the run and its
-    end (no per-step buffers, bounded timing records). EOPHIS_HPC_SOAK_STEPS makes it longer."""
+    end (no per-step buffers, bounded timing records), synchronous and lagged (the model ranks'
+    rings, the workers' two sets of batches). EOPHIS_HPC_SOAK_STEPS makes it longer."""
     import os
     import re
 
     steps = int(os.environ.get("EOPHIS_HPC_SOAK_STEPS", "1000"))
-    ex = [{"inputs": ["u"], "outputs": ["fu"], "levels": 1}]
-    for strategy in ("packed", "datatype"):
+    for strategy, lag in (("packed", 0), ("datatype", 0), ("datatype", 2), ("packed", 1)):
+        ex = [{"inputs": ["u"], "outputs": ["fu"], "levels": 1, "lag": lag}]
         cfg = config("foldT", (2, 1), strategy, exchanges=ex, steps=steps)
         res = run_app(tmp_path, cfg, 2, 1, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         growth = [int(g) for g in re.findall(r"rss growth (-?\d+) KiB", res.stdout)]
         assert len(growth) == 3, res.stdout
-        assert max(growth) < 1024, f"{strategy}: resident memory grew by {growth} KiB"
+        assert max(growth) < 1024, f"{strategy}, lag {lag}: resident memory grew by {growth} KiB"
 
 
 @pytest.mark.parametrize("change,message", [

@@ -155,6 +155,18 @@ def test_lagged_runs_equal_the_single_process_semantics(tmp_path, lag_uv, lag_t,
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("pipeline", [True, False])
+@pytest.mark.parametrize("lag", [0, 1])
+def test_a_model_returning_its_input_batch(tmp_path, pipeline, lag):
+    """The outputs are views of the input batch: the in-place sends of occurrence n must end
+    before the receives of a later occurrence write that batch (pipelined or not)."""
+    ex = [{"inputs": ["u"], "outputs": ["fu"], "levels": 2, "lag": lag}]
+    cfg = config("foldT", (2, 1), "datatype", exchanges=ex, steps=9)
+    cfg.update(identity=True, pipeline=pipeline)
+    check_ok(run_app(tmp_path, cfg, 2, 1), 2, 1)
+
+
+@pytest.mark.mpi
 def test_lag_with_a_frequency_in_seconds_and_two_workers(tmp_path):
     ex = [{"inputs": ["u"], "outputs": ["fu"], "levels": 2, "freq": 3600, "lag": 2,
            "initial": -1.0}]

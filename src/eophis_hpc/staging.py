@@ -75,13 +75,20 @@ class Feed:
     tile shape with the halo; ``dtype`` the model dtype (None: each exchange's wire dtype);
     ``chunks`` the number of model calls per batch; ``stack`` the tunnel's default for
     exchanges that do not set it; ``land`` the static field whose all-zero tiles are left out.
+
+    ``pipeline``: every time-dependent batch has a second receive buffer, so the receives of an
+    exchange's next occurrence can be posted (:meth:`recv_target` with ``ahead=True``) before
+    the model runs on this one; :meth:`flip` swaps the two after the call. Both are made once.
     """
 
     def __init__(self, schedule, tiles, boxes, hw, halo: int, dtype, policy: device.Policy,
-                 chunks: int, stack, land: str | None, fill: float, timings):
+                 chunks: int, stack, land: str | None, fill: float, timings,
+                 pipeline: bool = False):
         self.schedule, self.tiles, self.boxes = schedule, list(tiles), list(boxes)
         self.hw, self.halo, self.fill = tuple(hw), halo, fill
         self.policy, self.chunks, self.land, self.timings = policy, chunks, land, timings
+        self.pipeline = bool(pipeline)
+        self.ahead: dict = {}  # keyword -> the second receive buffer (pipeline)
         self.ad = device.adapter(policy)
         self.groups: dict[str, Group] = {}
         self.where: dict[str, tuple[str, int]] = {}  # field -> (keyword, first channel)
@@ -132,6 +139,9 @@ class Feed:
             self.host[g.keyword] = self.ad.host_empty(shape, g.dtype, pinned=self.policy.pinned)
         if mode == "direct" or (mode == "staged" and self.policy.framework != "jax"):
             self.dev[g.keyword] = self.ad.device_empty(shape, g.dtype)
+        if self.pipeline and not g.static:  # the receive side only: device copies are per call
+            self.ahead[g.keyword] = (self.ad.device_empty(shape, g.dtype) if mode == "direct" else
+                                     self.ad.host_empty(shape, g.dtype, pinned=self.policy.pinned))
 
     # ------------------------------------------------------------------ receive side
     def _buffer(self, keyword: str):
@@ -150,16 +160,29 @@ class Feed:
             return "land tiles left out"
         return None
 
-    def recv_target(self, name: str):
-        """What the Receiver of input ``name`` unpacks into (indexable by local tile)."""
+    def recv_target(self, name: str, ahead: bool = False):
+        """What the Receiver of input ``name`` unpacks into (indexable by local tile);
+        ``ahead``: the second buffer, for the exchange's next occurrence (pipeline)."""
         kw, c0 = self.where[name]
         g = self.groups[kw]
-        buf = self._buffer(kw)
+        buf = self.ahead[kw] if ahead else self._buffer(kw)
         if len(g.fields) == 1 and (g.static or self.land is None) and self.policy.mode != "direct":
             return buf
         view = buf[:, c0:c0 + g.levels]
         row_of = list(range(len(self.tiles))) if g.static else self.row_of
         return TileRows(view, row_of)
+
+    def pipelined(self, name: str) -> bool:
+        """Whether input ``name`` has a second receive buffer."""
+        return self.where[name][0] in self.ahead
+
+    def flip(self, names) -> None:
+        """After the model ran on the batches of inputs ``names``: the buffers their next
+        occurrence is being received into become the batches (no copy)."""
+        bufs = self.dev if self.policy.mode == "direct" else self.host
+        for kw in dict.fromkeys(self.where[n][0] for n in names):
+            if kw in self.ahead:
+                bufs[kw], self.ahead[kw] = self.ahead[kw], bufs[kw]
 
     def outputs_not_plain(self) -> str | None:
         """Why outputs do not come back as one contiguous host 4-D array of all tiles."""

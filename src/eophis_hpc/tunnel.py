@@ -48,6 +48,12 @@ class Tunnel:
     ranks (default ``COMM_WORLD``), for jobs where the launcher or another library already split
     it; ``timeout`` (seconds, default ``EOPHIS_HPC_TIMEOUT`` or 600) bounds every wait, the
     join included.
+
+    ``pipeline`` (MPI): a second set of input batches, so the receives of an exchange's next
+    occurrence are posted before the model runs on this one (the model ranks' puts of
+    occurrence n + 1 never wait for the model of occurrence n; twice the input batch memory);
+    ``False`` keeps one set. With ``Exchange(lag=...)`` the model ranks keep stepping while the
+    workers infer.
     """
 
     def __init__(self, grid: Grid, halo: int = 0, exchanges=(), *, dt: float | None = None,
@@ -55,7 +61,8 @@ class Tunnel:
                  framework: str = "numpy", dtype=None, fill: float = 0.0, verbose: bool = True,
                  timeout: float | None = None, check_finite: bool = False,
                  transport: str = "mpi", device: str = "cpu", chunks: int | None = None,
-                 stack: bool | str = False, land: str | None = None, world=None):
+                 stack: bool | str = False, land: str | None = None, world=None,
+                 pipeline: bool = True):
         install_abort_hook()  # a bad argument below must end the MPI job, not strand the model
         if not isinstance(grid, Grid):
             raise TypeError(f"Tunnel: grid must be an eophis_hpc.Grid, got {type(grid).__name__}")
@@ -89,6 +96,9 @@ class Tunnel:
             raise ValueError(f"Tunnel: stack must be True, False or a keyword name, got {stack!r}")
         self.stack = stack
         self.land = land
+        if not isinstance(pipeline, bool):
+            raise ValueError(f"Tunnel: pipeline must be True or False, got {pipeline!r}")
+        self.pipeline = pipeline
         if land is not None:
             spec = self.schedule.field(land, "Tunnel: land")
             if spec.direction != "in" or not self.exchanges[spec.exchange].static:

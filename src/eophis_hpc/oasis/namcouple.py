@@ -357,7 +357,7 @@ def render_fields(fields: Sequence[CouplingField], runtime: int) -> list[str]:
         freq = runtime if f.freq == STATIC else f.freq
         lines += [arrow,
                   f"{f.source} {f.target} 1 {freq} 0 rst.nc EXPORTED",
-                  f"{f.nx} {f.ny} {f.nx} {f.ny} {f.grid} {f.grid} LAG={_lag_text(f.lag)}",
+                  f"{f.nx} {f.ny} {f.nx} {f.ny} {f.grid} {f.grid} LAG={'%+d' % f.lag if f.lag else 0}",
                   "R 0 R 0"]
     if fields:
         lines.append("#")
@@ -484,11 +484,11 @@ def check_namcouple(doc: Namcouple, fields: Iterable[CouplingField]) -> None:
                                        f"{f.nx} {f.ny} {f.nx} {f.ny}"))
             if names != (f.grid, f.grid):
                 problems.append((line, f"grids {' '.join(names)}, expected {f.grid} {f.grid}"))
-            lags = [o for o in options if o.upper().startswith("LAG=")]
-            got = _lag_seconds(lags[0]) if lags else 0
-            if got != f.lag:
-                problems.append((line, f"{lags[0] if lags else 'no LAG'}, expected "
-                                       f"LAG={_lag_text(f.lag)}"))
+            lags = [o for o in options if o.upper().startswith("LAG=")] or ["LAG=0"]
+            seconds = lags[0][4:]
+            if not seconds.lstrip("+-").isdigit() or int(seconds) != f.lag:
+                want = "%+d" % f.lag if f.lag else 0
+                problems.append((line, f"{lags[0]}, expected LAG={want}"))
         per = b.periodicity()
         if per is not None and per[1] != ["R", "0", "R", "0"]:
             problems.append((per[0], f"periodicity {' '.join(per[1])}, expected R 0 R 0"))
@@ -496,15 +496,3 @@ def check_namcouple(doc: Namcouple, fields: Iterable[CouplingField]) -> None:
             line, what = problems[0]
             raise NamcoupleError(f"field {f.label()} differs from the tunnels: {what}", line,
                                  doc.path, f.name)
-
-
-def _lag_text(seconds: int) -> str:
-    return f"+{seconds}" if seconds else "0"
-
-
-def _lag_seconds(option: str) -> int | None:
-    """The seconds of a ``LAG=[+-]N`` option (None when it is not an integer)."""
-    try:
-        return int(option.split("=", 1)[1])
-    except ValueError:
-        return None

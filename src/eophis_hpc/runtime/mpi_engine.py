@@ -1,10 +1,12 @@
 """The MPI engine of a tunnel: the workers' loop over MPI (layer 7).
 
 The loop: wait for the model root's note naming the next exchange and step, complete the
-pre-posted receives of its inputs (halos already filled by the plan), call the model through the
-:class:`~.invoker.Invoker` on the batch ``(tiles, levels, H + 2h, W + 2h)``, send each output's
-own boxes back, post the receives for the next occurrence. Buffers and MPI requests are made
-once, before the first step.
+pre-posted receives of its inputs (halos already filled by the plan), post the receives of the
+exchange's next occurrence into a second set of batches (``pipeline``, the default: occurrence
+n + 1 arrives while the model runs on occurrence n), call the model through the
+:class:`~.invoker.Invoker` on the batch ``(tiles, levels, H + 2h, W + 2h)``, start sending each
+output's own boxes back, swap the two sets of batches. Buffers and MPI requests are made once,
+before the first step.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class MpiEngine(Engine):
         self.policy = tunnel.policy
         self.feed = None
         self.held_note = None
+        self.sent: dict = {}  # output -> what its Sender read last (in-place strategies)
 
     # ------------------------------------------------------------------ set-up
     def open(self) -> None:
@@ -54,7 +57,7 @@ class MpiEngine(Engine):
         self.policy = devmod.staging_policy(tnl.framework, tnl.device)  # MPI is loaded now
         self.feed = staging.Feed(tnl.schedule, tiles, boxes, self.layout.batch_shape, tnl.halo,
                                  tnl.dtype, self.policy, tnl.chunks, tnl.stack, tnl.land, tnl.fill,
-                                 self.timings)
+                                 self.timings, pipeline=tnl.pipeline)
         self.invoker = Invoker(tnl.schedule, tnl.registry, self.feed, boxes, tiles,
                                tnl.check_finite)
         self.receivers, self.senders = {}, {}
@@ -73,6 +76,8 @@ class MpiEngine(Engine):
                                name=f"worker {w}: receiving {spec.name!r}",
                                **{**common, **self.feed.recv_options()})
                 rcv.bind(self.feed.recv_target(spec.name))
+                if self.feed.pipelined(spec.name):
+                    rcv.bind(self.feed.recv_target(spec.name, ahead=True))
                 self.receivers[spec.name] = rcv
             else:
                 strategy = self._strategy_for(spec.name, self.feed.outputs_not_plain())
@@ -101,9 +106,9 @@ class MpiEngine(Engine):
         per = tnl.settings.get("tiles_per_worker")
         return None if per is None else per * self.link.size
 
-    def _post(self, e: int) -> None:
+    def _post(self, e: int, ahead: bool = False) -> None:
         for spec in self.tunnel.schedule.inputs_of(e):
-            self.receivers[spec.name].post(self.feed.recv_target(spec.name))
+            self.receivers[spec.name].post(self.feed.recv_target(spec.name, ahead=ahead))
 
     def describe(self) -> str:
         """The staging policy in force and the choices made for this tunnel."""
@@ -195,30 +200,41 @@ class MpiEngine(Engine):
             raise CouplingError(f"land={tnl.land!r}: the model ranks must put this static field "
                                 f"before step {step}'s exchanges")
         specs = self.invoker.outputs(group)
+        pipelined = not static and all(feed.pipelined(spec.name) for spec in inputs)
+        if pipelined:  # occurrence n + 1 arrives into the other batches while the model runs
+            self._release([feed.recv_target(spec.name, ahead=True) for spec in inputs], specs)
+            for e in group:
+                self._post(e, ahead=True)
         for spec in specs:  # MPI may still read the last outputs (pinned buffers are reused)
             if self.senders[spec.name].in_place:
                 self.senders[spec.name].wait()
         targets = self.invoker.call(group, step)
         t2 = time.perf_counter()
-        sent = []
         for spec in specs:
             target, offset = targets[spec.name]
             sender = self.senders[spec.name]
             if sender.in_place:
                 target = np.ascontiguousarray(target, dtype=spec.dtype)
+                self.sent[spec.name] = target
             sender.start(target, offset)
             self.timings.add_bytes(spec.name, sender.bytes)
-            sent.append(target)
-        if not static:
-            batches = [feed.recv_target(spec.name) for spec in inputs]
-            if any(isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
-                   and np.may_share_memory(a, b) for a in sent for b in batches):
-                for spec in specs:  # the sends still read the batch the receives would overwrite
-                    if self.senders[spec.name].in_place:
-                        self.senders[spec.name].wait()
+        if pipelined:
+            feed.flip([spec.name for spec in inputs])
+        elif not static:
+            self._release([feed.recv_target(spec.name) for spec in inputs], specs)
             for e in group:
                 self._post(e)
         self.timings.add("send", time.perf_counter() - t2)
+
+    def _release(self, batches: list, specs: list) -> None:
+        """Complete the in-place sends of ``specs`` that still read one of ``batches`` (a model
+        that returns a view of its inputs), before receives overwrite them."""
+        for spec in specs:
+            sender = self.senders[spec.name]
+            last = self.sent.get(spec.name)
+            if sender.in_place and last is not None and any(
+                    isinstance(b, np.ndarray) and np.may_share_memory(last, b) for b in batches):
+                sender.wait()
 
     def _teardown(self) -> None:
         for obj in list(self.receivers.values()) + list(self.senders.values()):
