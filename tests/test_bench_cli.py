@@ -44,11 +44,14 @@ def test_bench_writes_the_report(tmp_path):
     # progress: one line per kernel case and per MPI job, with its elapsed time
     assert "[kernels] unpack nz1" in res.stdout and "[1/2] eORCA05" in res.stdout
     timed = re.findall(r"\[\d+\.\d s[],]", res.stdout)
-    assert len(timed) == 2 * 2 + 1 + 1 + 2, res.stdout  # 4 kernel cases, plan, ping-pong, 2 jobs
+    # 4 kernel cases, plan, ping-pong, 2 round-trip jobs, 7 overlap jobs
+    assert len(timed) == 2 * 2 + 1 + 1 + 2 + 7, res.stdout
     doc = json.loads((out / "benchmarks.json").read_text())
     check_pytest_benchmark_layout(doc)
     groups = {b["group"] for b in doc["benchmarks"]}
     assert "plan build" in groups and "raw MPI one way" in groups
+    assert "overlap (model time per step)" in groups
+    assert any(b["name"] == "test_overlap[lag1-Y/X=0.5]" for b in doc["benchmarks"])
     assert any(g.startswith("pack ") for g in groups)
     assert any(g.startswith("unpack ") for g in groups)
     names = {b["name"] for b in doc["benchmarks"]}
@@ -61,7 +64,8 @@ def test_bench_writes_the_report(tmp_path):
     text = (out / "summary.md").read_text()
     for part in ("## Targets", "## Pack and unpack kernels", "/copyto", "x fancy", "## Plan build",
                  "## MPI round trips", "raw MPI ms", "exchange (wait+recv+send)", "## GPU staging",
-                 "## OASIS", "## Machine", "MPICH"):
+                 "## OASIS", "## Overlap (lagged exchanges)", "| 1.5 | 2 | 3 |",
+                 "lag 1, Y/X=0.5: step <=", "## Machine", "MPICH"):
         assert part in text, part
     try:
         import pyoasis  # noqa: F401

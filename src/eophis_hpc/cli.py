@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", action="append", metavar="SECTION",
                        choices=BENCH_SECTIONS,
                        help="run only this section (repeatable): kernels, plan, mpi, roundtrip, "
-                            "staging, oasis")
+                            "staging, oasis, overlap")
     bench.add_argument("--timeout", type=ca.positive_int, default=300,
                        help="seconds per MPI job before it is killed (default 300)")
     bench.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' run

@@ -193,7 +193,9 @@ class Coupler:
         """Send ``array`` (the box, or a larger array with the box at ``offset``) if due.
 
         Returns whether it was sent. The array is read without a copy (datatype strategy) or
-        packed once into a persistent buffer (packed strategy)."""
+        packed once into a persistent buffer (packed strategy). ``put`` returns once the data
+        has left (the workers post their receives ahead), so the workers can infer while the
+        model computes: put early in the step and get late (or use ``Exchange(lag=...)``)."""
         self._check_open("put")
         spec = self.schedule.field(name, "put")
         if spec.direction != "in":
@@ -208,9 +210,9 @@ class Coupler:
         sender.start(view, offset)
         if self.schedule.exchanges[spec.exchange].static:
             self._static_sent.add(name)
-        elif spec.exchange in self._lagged:
-            # the outputs come back later: let the data leave now, not at the next MPI call
-            # (a large message would otherwise wait for the model to come back into MPI)
+        else:
+            # the data leaves now: a large message left pending would move only at the model's
+            # next MPI call, and the workers would wait for it while the model computes
             sender.wait()
         self.timings.add("put", time.perf_counter() - t0)
         self.timings.add_bytes(name, sender.bytes)

@@ -26,6 +26,7 @@ class Mode:
     plan_rounds: int = 3
     quiet_wait: float = 1.0  # seconds, at most, waiting for idle cores before an MPI job
     ping_time: float = 0.2  # seconds per ping-pong size
+    overlap: dict = field(default_factory=dict)  # bench.overlap.run_sweep's options
 
     def roundtrips(self) -> list[dict]:
         make = records.make
@@ -49,7 +50,10 @@ class Mode:
         return records.steps_for(c, self.name == "quick")
 
 
-MODES = {"full": Mode("full", (1, 4, 16, 75), 0.5, PLAN_CASES["full"], quiet_wait=5.0),
-         "quick": Mode("quick", (1, 8, 32), 0.15, PLAN_CASES["quick"]),
+MODES = {"full": Mode("full", (1, 4, 16, 75), 0.5, PLAN_CASES["full"], quiet_wait=5.0,
+                      overlap={"x_ms": 20.0, "steps": 40}),
+         "quick": Mode("quick", (1, 8, 32), 0.15, PLAN_CASES["quick"],
+                       overlap={"x_ms": 10.0, "steps": 15}),
          "smoke": Mode("smoke", (1, 4), 0.01, PLAN_CASES["quick"], plan_rounds=1,
-                       quiet_wait=0.0, ping_time=0.01)}
+                       quiet_wait=0.0, ping_time=0.01,
+                       overlap={"x_ms": 2.0, "steps": 3, "warmup": 1, "ratios": (0.5, 1.5)})}

@@ -14,7 +14,10 @@ Sections (each figure is measured next to a baseline of the same bytes in the sa
   eophis_hpc vs raw MPI vs naive gather/pad/scatter in the same job;
 - ``staging``: the tunnel's host/device copies against a plain pinned copy (GPU only);
 - ``oasis``: pyoasis alone, eophis_hpc over OASIS and eophis_hpc over MPI, same field, ranks and
-  steps (:mod:`.oasis_probe`; skipped, with the reason, where pyoasis cannot run).
+  steps (:mod:`.oasis_probe`; skipped, with the reason, where pyoasis cannot run);
+- ``overlap``: the model's time per step, synthetic model of X ms and inference of Y ms
+  (Y/X = 0.25, 0.5, 0.9, 1.5), for lag 0, the within-step placement and lag 1
+  (:mod:`.overlap`).
 
 Files in the output folder: ``summary.md``, ``benchmarks.json`` (pytest-benchmark's layout:
 ``pytest-benchmark compare DIR/benchmarks.json``), ``machine.json``, ``roundtrip-records.json``,
@@ -31,11 +34,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import oasis_probe, plots, records, runner
+from . import oasis_probe, overlap, plots, records, runner
 from .modes import KERNEL_PLAN, MODES, Mode
 from .copyjobs import make_pack_job, make_unpack_job, sample_times
 
-SECTIONS = ("kernels", "plan", "mpi", "roundtrip", "staging", "oasis")
+SECTIONS = ("kernels", "plan", "mpi", "roundtrip", "staging", "oasis", "overlap")
 class OutputError(Exception):
     """The output folder cannot be written."""
 
@@ -70,6 +73,7 @@ class Bench:
         self.roundtrip_records: list[dict] = []
         self.staging_rows: list[dict] = []
         self.oasis_rows: list[dict] = []
+        self.overlap_rows: list[dict] = []
         self.notes: dict[str, str] = {}  # section -> why it was skipped
         self.failed: list[tuple[str, str]] = []
         self.seconds: dict[str, float] = {}
@@ -203,6 +207,11 @@ class Bench:
             self.notes["oasis"] = note
             self.log(f"[oasis] {note}")
 
+    def run_overlap(self) -> None:
+        rows, failed = overlap.run_sweep(self.out / "jobs", self.timeout, log=self.log,
+                                         **self.mode.overlap)
+        self.overlap_rows, self.failed = rows, self.failed + failed
+
     # ----------------------------------------------------------------------- results
     def kernel_figures(self) -> list[dict]:
         """Each kernel row with its baselines of the same case: copyto, fancy, raw MPI."""
@@ -251,7 +260,7 @@ class Bench:
                     rows.append((f"staging {d} >= {MIN_BANDWIDTH_RATIO} of a plain pinned copy "
                                  f"({s['levels']} levels)", f"{ratio:.2f}",
                                  "met" if ratio >= MIN_BANDWIDTH_RATIO else "**missed**"))
-        return rows
+        return rows + overlap.targets(self.overlap_rows)
 
     def step_rows(self) -> list[dict]:
         out = []
@@ -297,7 +306,7 @@ class Bench:
                         {"levels": s["levels"], "direction": d, "path": path},
                         {"bytes": s["bytes"], "ratio": s[d]["ratio"]}, samples))
         return (out + records.roundtrip_entries(self.roundtrip_records)
-                + oasis_probe.entries(self.oasis_rows))
+                + oasis_probe.entries(self.oasis_rows) + overlap.entries(self.overlap_rows))
 
 
 def _field(c: dict) -> str:
@@ -388,6 +397,8 @@ def summary_md(b: Bench, machine_text: str, started: str, total_s: float, pngs: 
     else:
         lines.append(b.notes.get("staging", "not measured"))
     lines += ["", "## OASIS", ""] + oasis_probe.markdown(b.oasis_rows, b.notes.get("oasis", ""))
+    lines += ["", "## Overlap (lagged exchanges)", ""]
+    lines += overlap.markdown(b.overlap_rows) or [b.notes.get("overlap", "not measured")]
     lines += ["", "## Plots", ""]
     lines += [f"![{p}]({p})" for p in pngs] or [plot_note]
     lines += ["", "## Machine", "", "```", machine_text, "```", ""]
