@@ -24,11 +24,52 @@ def test_demo_passes_and_reports(tmp_path, strategy, ranks):
               ranks[1], "--strategy", strategy, "--out", str(tmp_path))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "PASS: largest difference" in res.stdout
-    for row in ("bytes per step", "model time / step", "exchange time / step",
-                "inference time / step", "coupling overhead"):
+    for row in ("bytes per step", "model time / step", "time waited / step",
+                "inference time / step", "overlap achieved", "coupling overhead"):
         assert row in res.stdout
     png = tmp_path / "demo.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.mpi
+def test_demo_with_a_lag_passes_against_a_lagged_single_process_run(tmp_path):
+    """--lag 1: the coupled run equals the single-process run with the same lag (and differs
+    from one without: the check is not blind to the lag); the table and the timeline say how
+    much of the inference ran while the model computed."""
+    pytest.importorskip("torch", reason="the demo's CNN needs torch (the [test] extra installs it)")
+    pytest.importorskip("matplotlib", reason="the demo's figure needs matplotlib")
+    import json
+
+    import numpy as np
+
+    from eophis_hpc.demo.run import reference_run, relative_difference
+    from eophis_hpc.demo.timeline import overlap_fraction
+
+    res = cli("demo", "--steps", "5", "--levels", "1", "--lag", "1", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "PASS: largest difference from the single-process run with the same lag (1)" in \
+        res.stdout
+    assert "lag                    1 (the model gets the forcing of step n - 1" in res.stdout
+    assert "% of the inference ran while the model computed" in res.stdout
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    with np.load(tmp_path / "coupled.npz") as data:
+        unlagged = reference_run(dict(cfg, lag=0))
+        assert max(relative_difference(data[k], unlagged[k]) for k in unlagged) > 1e-3
+    spans = json.loads((tmp_path / "model_timings.json").read_text())["spans"]
+    worker = json.loads((tmp_path / "worker_0_timings.json").read_text())["spans"]
+    assert {p for p, _, _ in spans} == {"coupling", "compute"}
+    assert {"recv", "model", "send"} <= {p for p, _, _ in worker}
+    frac = overlap_fraction(spans, worker)
+    assert frac is not None and 0.0 <= frac <= 1.0
+
+
+def test_timeline_overlap_fraction():
+    from eophis_hpc.demo.timeline import overlap_fraction
+    model = [("coupling", 0.0, 1.0), ("compute", 1.0, 3.0), ("coupling", 3.0, 4.0),
+             ("compute", 4.0, 6.0)]
+    worker = [("model", 1.0, 2.0), ("model", 2.5, 4.5)]  # 1 + (0.5 + 0.5) of 3 s hidden
+    assert overlap_fraction(model, worker) == pytest.approx(2.0 / 3.0)
+    assert overlap_fraction(model, []) is None
 
 
 def test_demo_rejects_bad_arguments():
@@ -36,6 +77,8 @@ def test_demo_rejects_bad_arguments():
     assert res.returncode == 2 and "expected a positive integer" in res.stderr
     res = cli("demo", "--strategy", "magic")
     assert res.returncode == 2 and "invalid choice" in res.stderr
+    res = cli("demo", "--lag", "-1")
+    assert res.returncode == 2 and "--lag" in res.stderr, res.stderr
     res = cli("demo", "--grid", "nope")
     assert res.returncode == 2 and "unknown grid 'nope'" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--weights", type=ca.existing_file, default=None,
                       help="state-dict file for the CNN: the published GZ21 weights "
                            "(trained_model.pth) or one saved from the demo's networks")
+    demo.add_argument("--lag", type=ca.non_negative_int, default=0,
+                      help="lagged exchange: the model gets at step n the forcing of step "
+                           "n - LAG, so it keeps stepping while the CNN infers (default 0)")
     demo.add_argument("--out", type=ca.output_dir, default="demo-output",
                       help="folder for results and the figure")
 

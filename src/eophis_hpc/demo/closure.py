@@ -15,6 +15,7 @@ def run_worker(out_dir: Path, cfg: dict) -> None:
 
     import eophis_hpc as eh
     from eophis_hpc.demo import gz21
+    from eophis_hpc.demo.ocean import TIMELINE_STEPS
 
     torch.set_num_threads(cfg.get("threads", 1))
     grid = eh.Grid.preset(cfg["grid"])
@@ -22,9 +23,11 @@ def run_worker(out_dir: Path, cfg: dict) -> None:
     tunnel = eh.Tunnel(
         grid, halo=gz21.HALO,
         exchanges=[eh.Exchange(inputs=["u", "v"], outputs=["su", "sv"], levels=cfg["levels"],
-                               signs={"u": -1, "v": -1})],
+                               signs={"u": -1, "v": -1}, lag=cfg.get("lag", 0))],
         tiles=cfg.get("tiles"), strategy=cfg["strategy"], backend=cfg["backend"],
         framework="torch", dtype="float32", verbose=False)
+
+    tunnel.timings.record_spans(4 * TIMELINE_STEPS)  # wait, recv, model, send per step
 
     @tunnel.model
     def closure(u, v):

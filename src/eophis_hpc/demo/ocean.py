@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 
 DT, NU, DRAG, F0, TAU0 = 1.0, 0.2, 0.02, 0.3, 0.02
+TIMELINE_STEPS = 20  # steps of model rank 0 (and worker 0) kept for the timeline figure
 
 
 def coriolis(grid, j0: int, j1: int) -> np.ndarray:
@@ -58,7 +60,8 @@ def advance(u_ext, v_ext, su, sv, f, tx, ty):
 
 
 def run_model_rank(out_dir: Path, cfg: dict) -> None:
-    """One model rank of the coupled demo: put u, v; get Su, Sv; step; report timings."""
+    """One model rank of the coupled demo: put u, v; get Su, Sv; step; report timings. With a
+    lagged exchange (``--lag L``) the same calls get the forcing of step ``n - L``."""
     import eophis_hpc as eh
     from eophis_hpc.decomposition import best_factors
     from eophis_hpc.halo import HaloExchange
@@ -81,6 +84,7 @@ def run_model_rank(out_dir: Path, cfg: dict) -> None:
     f = coriolis(grid, box.j0, box.j1)
     tx, ty = wind(grid, box, nz)
     t_cpl, t_model = [], []
+    spans = deque(maxlen=2 * TIMELINE_STEPS)  # rank 0's last steps, for the timeline figure
     comm.Barrier()
     t_start = time.perf_counter()
     for step in range(steps):
@@ -96,6 +100,8 @@ def run_model_rank(out_dir: Path, cfg: dict) -> None:
         t2 = time.perf_counter()
         t_cpl.append(t1 - t0)
         t_model.append(t2 - t1)
+        spans.append(("coupling", t0, t1))
+        spans.append(("compute", t1, t2))
         if rank == 0 and cfg.get("progress", True) and ((step + 1) % max(1, steps // 10) == 0):
             print(f"  step {step + 1}/{steps}  ({time.perf_counter() - t_start:.1f} s)", flush=True)
     wall = time.perf_counter() - t_start
@@ -115,7 +121,8 @@ def run_model_rank(out_dir: Path, cfg: dict) -> None:
         bytes_per_step = sum(sum(s["bytes"].values()) for s in stats) / steps
         summary = {"wall": wall, "bytes_per_step": bytes_per_step,
                    "coupling_median": float(np.median([np.median(s["coupling"]) for s in stats])),
-                   "model_median": float(np.median([np.median(s["model"]) for s in stats]))}
+                   "model_median": float(np.median([np.median(s["model"]) for s in stats])),
+                   "spans": [list(s) for s in spans]}
         (out_dir / "model_timings.json").write_text(json.dumps(summary))
 
 

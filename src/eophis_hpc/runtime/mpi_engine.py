@@ -175,7 +175,9 @@ class MpiEngine(Engine):
         req = self.link.inter.Irecv(self.note, source=0, tag=TAG_CONTROL)
         wait_all([req], self.tunnel.timeout, f"worker {self.link.rank}: waiting for the model's "
                  "next exchange", [0], "model rank")
-        self.timings.add("wait", time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        self.timings.add("wait", t1 - t0)
+        self.timings.span("wait", t0, t1)
         return int(self.note[0]), int(self.note[1])
 
     def _occurrence(self, group: list[int], step: int) -> None:
@@ -189,6 +191,7 @@ class MpiEngine(Engine):
             self.timings.add_bytes(spec.name, self.receivers[spec.name].bytes)
         t1 = time.perf_counter()
         self.timings.add("recv", t1 - t0)
+        self.timings.span("recv", t0, t1)
         static = tnl.exchanges[group[0]].static
         if static:
             for spec in inputs:
@@ -208,8 +211,10 @@ class MpiEngine(Engine):
         for spec in specs:  # MPI may still read the last outputs (pinned buffers are reused)
             if self.senders[spec.name].in_place:
                 self.senders[spec.name].wait()
+        t_model = time.perf_counter()
         targets = self.invoker.call(group, step)
         t2 = time.perf_counter()
+        self.timings.span("model", t_model, t2)
         for spec in specs:
             target, offset = targets[spec.name]
             sender = self.senders[spec.name]
@@ -224,7 +229,9 @@ class MpiEngine(Engine):
             self._release([feed.recv_target(spec.name) for spec in inputs], specs)
             for e in group:
                 self._post(e)
-        self.timings.add("send", time.perf_counter() - t2)
+        t3 = time.perf_counter()
+        self.timings.add("send", t3 - t2)
+        self.timings.span("send", t2, t3)
 
     def _release(self, batches: list, specs: list) -> None:
         """Complete the in-place sends of ``specs`` that still read one of ``batches`` (a model

@@ -18,6 +18,17 @@ class Timings:
         self.count: dict[str, int] = {}
         self.recent: dict[str, deque] = {}
         self.bytes: dict[str, int] = {}
+        self.spans: deque | None = None  # (phase, start, end): a timeline, when asked for
+
+    def record_spans(self, last: int) -> None:
+        """Keep the ``last`` phases as ``(phase, start, end)`` in ``time.perf_counter``
+        seconds (the machine's monotonic clock: comparable between the processes of one
+        node), for a timeline; ``summary`` returns them."""
+        self.spans = deque(maxlen=last)
+
+    def span(self, phase: str, start: float, end: float) -> None:
+        if self.spans is not None:
+            self.spans.append((phase, start, end))
 
     def reset(self) -> None:
         """Forget everything measured so far (e.g. after warm-up steps)."""
@@ -47,7 +58,10 @@ class Timings:
         """``{phase: {total, count, median, mean}}`` plus ``bytes`` per field."""
         out = {p: {"total": self.total[p], "count": self.count[p], "median": self.median(p),
                    "mean": self.total[p] / self.count[p]} for p in self.total}
-        return {"phases": out, "bytes": dict(self.bytes)}
+        summary = {"phases": out, "bytes": dict(self.bytes)}
+        if self.spans is not None:
+            summary["spans"] = [list(s) for s in self.spans]
+        return summary
 
     def table(self, title: str) -> str:
         lines = [title, f"  {'phase':<10} {'calls':>7} {'total s':>10} {'median ms':>10} {'mean ms':>10}"]
