@@ -89,3 +89,20 @@ def test_eophis_hpc_run_ends_the_job_when_a_script_fails_before_importing_eophis
     err = res.stdout + res.stderr
     assert res.returncode != 0 and time.monotonic() - t0 < 30
     assert err.count("No module named 'no_such_module_for_eophis_tests'") == 1
+
+
+def test_python_m_mpi4py_launch_ends_the_job_too():
+    """``python -m mpi4py`` aborts only once MPI runs; the hook installed at import does it."""
+    import subprocess
+    import sys
+
+    from mpi_util import mpiexec
+    os.environ.pop("EOPHIS_HPC_TIMEOUT", None)
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", APP, "model", ":", "-n", "1",
+           sys.executable, "-m", "mpi4py", APP, "worker", "raise"]
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    err = res.stdout + res.stderr
+    assert res.returncode != 0 and time.monotonic() - t0 < 30
+    assert err.count("RuntimeError: worker: cannot read closure_weights.pth") == 1

@@ -133,6 +133,7 @@ def install_abort_hook() -> None:
                   "job (traceback below)", file=sys.stderr, flush=True)
             previous(exc_type, exc, tb)
         sys.stderr.flush()
+        _state["released"] = True  # the job is ending here: the exit guard has nothing to add
         time.sleep(0.5)  # let mpiexec forward the output before the job is torn down
         world.Abort(1)
 
