@@ -9,33 +9,49 @@ import pytest
 from mpi_util import run_app
 from test_mpi_runtime import config
 
+from eophis_hpc.transport.mpi.strategies import names as strategy_names
+
 pytestmark = pytest.mark.mpi
 FAST = {"EOPHIS_HPC_TIMEOUT": "4"}
 
 
-def run_fault(tmp_path, p=2, q=1, limit=60, env=None, **fault):
-    cfg = config("foldT", (p, 1), "packed", steps=4)
+def run_fault(tmp_path, p=2, q=1, limit=60, env=None, strategy="packed", **fault):
+    cfg = config("foldT", (p, 1), strategy, steps=4)
     cfg.update(fault)
     t0 = time.monotonic()
     res = run_app(tmp_path, cfg, p, q, timeout=limit, env=env)
     return res, time.monotonic() - t0
 
 
-def test_killed_worker_ends_the_job(tmp_path):
-    res, wall = run_fault(tmp_path, kill_worker_at=2, env=FAST)
+@pytest.mark.parametrize("strategy", strategy_names())
+def test_killed_worker_ends_the_job(tmp_path, strategy):
+    res, wall = run_fault(tmp_path, kill_worker_at=2, env=FAST, strategy=strategy)
     assert res.returncode != 0
     assert "BAD TERMINATION" in res.stdout + res.stderr and "signal 9" in (res.stdout + res.stderr)
     assert wall < 30
 
 
-def test_killed_model_rank_ends_the_job(tmp_path):
-    res, wall = run_fault(tmp_path, kill_model=[1, 2], env=FAST)
+@pytest.mark.parametrize("strategy", strategy_names())
+def test_killed_model_rank_ends_the_job(tmp_path, strategy):
+    res, wall = run_fault(tmp_path, kill_model=[1, 2], env=FAST, strategy=strategy)
     assert res.returncode != 0
     assert wall < 30
 
 
-def test_stalled_model_rank_times_out_on_the_workers(tmp_path):
-    res, wall = run_fault(tmp_path, stall_model=[1, 2], env=FAST)
+def test_rank_killed_while_its_window_is_read_ends_the_job(tmp_path):
+    """shm with buffers: model rank 1 dies right after its put, while the worker copies out of
+    its window; the job ends within the bound, with the launcher's message."""
+    res, wall = run_fault(tmp_path, kill_model_after_put=[1, 2], use_buffers=True, env=FAST,
+                          strategy="shm")
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "BAD TERMINATION" in out and "signal 9" in out, out[-3000:]
+    assert wall < 30
+
+
+@pytest.mark.parametrize("strategy", strategy_names())
+def test_stalled_model_rank_times_out_on_the_workers(tmp_path, strategy):
+    res, wall = run_fault(tmp_path, stall_model=[1, 2], env=FAST, strategy=strategy)
     assert res.returncode != 0
     err = res.stderr
     assert "no answer from model rank [1] after 4 s" in err, err[-3000:]
@@ -61,8 +77,9 @@ def test_non_finite_output_is_refused_with_its_global_index(tmp_path):
     assert "output 'fu': the model returned inf at level 0, global j=2, i=2" in res.stderr
 
 
-def test_normal_end_exits_zero_without_abort(tmp_path):
-    res, _ = run_fault(tmp_path)
+@pytest.mark.parametrize("strategy", strategy_names())
+def test_normal_end_exits_zero_without_abort(tmp_path, strategy):
+    res, _ = run_fault(tmp_path, strategy=strategy)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "Abort" not in res.stderr and "aborting" not in res.stderr
 
@@ -75,7 +92,8 @@ def test_soak_memory_stays_flat(tmp_path):
     import re
 
     steps = int(os.environ.get("EOPHIS_HPC_SOAK_STEPS", "1000"))
-    for strategy, lag in (("packed", 0), ("datatype", 0), ("datatype", 2), ("packed", 1)):
+    cases = [(s, 0) for s in strategy_names()] + [("datatype", 2), ("packed", 1), ("shm", 1)]
+    for strategy, lag in cases:
         ex = [{"inputs": ["u"], "outputs": ["fu"], "levels": 1, "lag": lag}]
         cfg = config("foldT", (2, 1), strategy, exchanges=ex, steps=steps)
         res = run_app(tmp_path, cfg, 2, 1, timeout=300)

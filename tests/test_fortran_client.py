@@ -167,6 +167,24 @@ def test_a_mismatch_reaches_every_rank_and_ends_the_job(toolchain, tmp_path):
     assert "field 'u': the model declares levels=1, the workers' tunnel levels=2" in text
 
 
+@pytest.mark.parametrize("strategy,what,needs", [
+    ("shm", "shared-memory windows on each node", "MPI_Win_allocate_shared"),
+    ("pipelined", "chunked messages", "pipeline_chunk"),
+])
+def test_paired_strategies_are_refused_with_what_they_would_take(toolchain, tmp_path, strategy,
+                                                                  what, needs):
+    """Workers on a strategy both sides must share and a Fortran model: the handshake refuses
+    it with one message that says why and what to use instead; the whole job ends non-zero."""
+    c = case({"nx": 24, "ny": 18}, 2, 1, 0, 1, "float64", 1, strategy=strategy)
+    out = launch(toolchain, toy_args(toolchain, c, tmp_path), 2, c, 1, tmp_path)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "eh_enddef failed with status 3" in text
+    assert (f"the workers use strategy={strategy!r} ({what}), which the fortran client does "
+            "not support") in text, text[-3000:]
+    assert needs in text and "strategy='datatype'" in text
+
+
 def test_a_silent_worker_times_out_with_its_rank_named(toolchain, tmp_path):
     """A worker that stops answering: eh_get gives up after EOPHIS_HPC_TIMEOUT, names the
     worker, and (no ierr) aborts the whole job instead of hanging."""

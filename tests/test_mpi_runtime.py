@@ -7,6 +7,8 @@ import pytest
 
 from mpi_util import run_app
 
+from eophis_hpc.transport.mpi.strategies import names as strategy_names
+
 pytestmark = pytest.mark.mpi
 
 GRIDS = {
@@ -28,7 +30,9 @@ def config(grid: str, blocks, strategy: str, halo: int = 2, tiles=None, model_ha
            steps: int = 4, exchanges=None):
     return {"seed": 11, "grid": GRIDS[grid], "model_blocks": list(blocks), "halo": halo,
             "steps": steps, "strategy": strategy, "tiles": tiles, "model_halo": model_halo,
-            "exchanges": exchanges or EXCHANGES}
+            "exchanges": exchanges or EXCHANGES,
+            # small chunks: the pipelined strategy cuts blocks along levels and rows here
+            "pipeline_chunk": 200}
 
 
 def check_ok(res, p: int, q: int):
@@ -36,7 +40,7 @@ def check_ok(res, p: int, q: int):
     assert res.stdout.count(": OK") == p + q, res.stdout
 
 
-@pytest.mark.parametrize("strategy", ["packed", "datatype"])
+@pytest.mark.parametrize("strategy", strategy_names())
 @pytest.mark.parametrize("grid,blocks,q,tiles,model_halo", [
     ("foldT", (1, 1), 1, None, 0),     # 1:1
     ("closed", (2, 1), 1, None, 1),    # 2:1, model arrays with their own halo
@@ -105,7 +109,7 @@ def test_no_worker_ranks_is_a_clear_error(tmp_path):
     assert res.stderr.count("no worker rank in this MPI job") == 1, res.stderr
 
 
-@pytest.mark.parametrize("strategy", ["packed", "datatype"])
+@pytest.mark.parametrize("strategy", strategy_names())
 def test_router_gets_every_due_exchange_at_once(tmp_path, strategy):
     cfg = config("foldF", (2, 1), strategy, steps=5)
     cfg["router"] = True
@@ -120,3 +124,53 @@ def test_explicit_uneven_tiles(tmp_path):
     tiles = [[0, 7, 0, 30], [7, 20, 0, 11], [7, 20, 11, 13], [7, 20, 13, 30]]
     res = run_app(tmp_path, config("foldT", (2, 1), "datatype", tiles=tiles), 2, 2)
     check_ok(res, 2, 2)
+
+
+@pytest.mark.parametrize("grid,blocks,q,tiles,buffers", [
+    ("cyclic", (2, 2), 2, 4, False),   # 4:2, two virtual nodes: half the peers over MPI
+    ("foldT", (3, 1), 2, 3, True),     # 3:2, buffers on the node, MPI to the others
+])
+def test_shm_with_peers_on_other_nodes(tmp_path, grid, blocks, q, tiles, buffers):
+    """Ranks spread over two virtual nodes: peers on the same node go through the windows, the
+    others over MPI, in the same exchange; results equal the reference bit for bit."""
+    p = blocks[0] * blocks[1]
+    cfg = config(grid, blocks, "shm", tiles=tiles)
+    cfg.update(describe=True, use_buffers=buffers)
+    # 64-byte staging steps: the model ranks read rows while the worker stages the next ones
+    res = run_app(tmp_path, cfg, p, q, env={"EOPHIS_HPC_SHM_NODES": "2",
+                                            "EOPHIS_HPC_SHM_STAGE": "64"})
+    check_ok(res, p, q)
+    notes = [line for line in res.stdout.splitlines() if "share memory with it" in line]
+    assert len(notes) == q, res.stdout
+    # world ranks alternate between the two virtual nodes: every worker has peers on its node
+    # and peers elsewhere
+    assert all("others over MPI (datatype)" in line for line in notes), notes
+    assert all("0 model rank(s)" not in line and f"{p} model rank(s)" not in line
+               for line in notes), notes
+
+
+@pytest.mark.parametrize("grid,blocks,q,buffers", [("foldT", (1, 1), 1, True),
+                                                   ("foldF", (2, 2), 2, True),
+                                                   ("foldT", (2, 2), 2, False)])
+def test_shm_buffers_and_staged_rows(tmp_path, grid, blocks, q, buffers):
+    """``cpl.buffer`` arrays: the workers read the model's window and write into it; without
+    them, the model ranks read the worker's output window rows while it stages the next ones
+    (64-byte steps here)."""
+    p = blocks[0] * blocks[1]
+    cfg = config(grid, blocks, "shm")
+    cfg["use_buffers"] = buffers
+    res = run_app(tmp_path, cfg, p, q, env={"EOPHIS_HPC_SHM_STAGE": "64"})
+    check_ok(res, p, q)
+
+
+@pytest.mark.parametrize("model,workers,paired", [("datatype", "shm", "shm"),
+                                                  ("shm", "packed", "shm"),
+                                                  ("packed", "pipelined", "pipelined")])
+def test_paired_strategies_need_both_sides(tmp_path, model, workers, paired):
+    cfg = config("foldT", (2, 1), workers)
+    cfg["model_strategy"] = model
+    res = run_app(tmp_path, cfg, 2, 1, timeout=60)
+    assert res.returncode != 0
+    msg = (f"the model asks for strategy={model!r}, the workers use {workers!r}: {paired!r} "
+           "works only when both sides use it")
+    assert res.stderr.count(msg) == 1, res.stderr[-3000:]

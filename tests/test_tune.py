@@ -23,8 +23,11 @@ def tune(*args, cwd=None, timeout=240):
 def test_dry_run_lists_candidates():
     res = tune("--grid", "ORCA2", "--model-ranks", "2", "--workers", "1", "--dry-run")
     assert res.returncode == 0, res.stderr
-    assert "18 candidates" in res.stdout
-    assert "datatype cython 1 tile(s)/worker" in res.stdout
+    # (packed, datatype, shm + pipelined at 3 chunk sizes) x 3 backends x 3 tile counts
+    assert "54 candidates" in res.stdout
+    assert "datatype  cython 1 tile(s)/worker" in res.stdout
+    assert "shm       cython 1 tile(s)/worker" in res.stdout
+    assert "pipelined cython 2 tile(s)/worker 1024 KiB chunks" in res.stdout
 
 
 @pytest.mark.parametrize("args,message", [
@@ -49,7 +52,10 @@ def test_tuned_settings_are_written_and_used(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "winner:" in res.stdout and re.search(r"^\s+1\s+\w+", res.stdout, re.M)
     settings = config.parse((tmp_path / "eophis_hpc.toml").read_text())
-    assert set(settings) == {"strategy", "backend", "tiles_per_worker"}
+    want_keys = {"strategy", "backend", "tiles_per_worker"}
+    if settings["strategy"] == "pipelined":
+        want_keys.add("pipeline_chunk")
+    assert set(settings) == want_keys
     # a coupled run started in that folder, with no strategy/backend/tiles given, uses them
     cfg = app_config("closed", (1, 1), None, steps=2)
     run = run_app(tmp_path, cfg, 1, 1, cwd=tmp_path)

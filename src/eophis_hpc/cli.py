@@ -86,7 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds per MPI job before it is killed (default 300)")
     bench.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' run
 
-    sub.add_parser("info", help="versions, MPI library, kernel backends, frameworks")
+    info = sub.add_parser("info", help="versions, MPI library, kernel backends, frameworks")
+    info.add_argument("--probe", action="store_true",
+                      help="also measure what the MPI library does with contiguous, subarray and "
+                           "struct-of-subarray round trips between 2 ranks (about 10 s)")
 
     gpu = sub.add_parser("gpu-check", help="on a GPU node, first: environment, device kernels, "
                                            "staging, overlap, coupled runs (report + exit code)")
@@ -125,13 +128,29 @@ def main(argv=None) -> int:
     if args.command == "info":
         from .info import report
         print(report())
-        return 0
+        return _probe() if args.probe else 0
     if args.command == "fortran":
         return _fortran(args)
     if args.command == "gpu-check":
         from .gpucheck import main as gpu_check_main
         return gpu_check_main(args)
     return 2
+
+
+def _probe() -> int:
+    """``info --probe``: the MPI library's round trips (an MPI job of 2 ranks)."""
+    import tempfile
+    from pathlib import Path
+
+    from .bench import mpiprobe, runner
+    with tempfile.TemporaryDirectory(prefix="eophis-probe-") as tmp:
+        record, err = runner.run_probe({}, Path(tmp), 120)
+    if record is None:
+        print(f"eophis-hpc info: the MPI probe failed: {err.splitlines()[0] if err else ''}",
+              file=sys.stderr)
+        return 1
+    print("  MPI probe " + "\n  ".join(mpiprobe.summary(record)))
+    return 0
 
 
 def _run(args) -> int:

@@ -22,6 +22,7 @@ from .protocol.wire import STEP_STATIC, STOP_NOTE, TAG_CONTROL, TAG_DATA
 from .runtime.lagged import LaggedOutputs
 from .runtime.timings import Timings
 from .transport.mpi import Link, Receiver, Sender, handshake, strategies
+from .transport.mpi.node import Node, share_fields
 
 
 def connect(grid: Grid, box, *, holes: bool = False, fields: dict | None = None,
@@ -33,7 +34,8 @@ def connect(grid: Grid, box, *, holes: bool = False, fields: dict | None = None,
 
     Collective over all model ranks. ``fields`` (optional) declares ``{name: {"levels": n,
     "dtype": "float64", "direction": "in"|"out"}}`` so that a mismatch with the workers is caught
-    at the handshake. ``strategy`` (packed | datatype) defaults to the workers' choice.
+    at the handshake. ``strategy`` (a name of ``eophis_hpc.transport.mpi.strategy_names()``)
+    defaults to the workers' choice; ``shm`` works only when both sides use it.
     ``timeout`` (seconds, default ``EOPHIS_HPC_TIMEOUT`` or 600) bounds every wait for the
     workers, the join included; ``check_finite`` makes ``put`` refuse NaN/Inf, naming the first
     bad point. ``world`` is the communicator holding exactly the model and worker ranks
@@ -70,23 +72,33 @@ class Coupler:
                                     f"{self.link.size} model ranks", collective=True)
             holes = holes or box.holes
             box = box.boxes[self.link.rank]
-        self.layout, self.schedule, options = handshake.model_side(self.link, grid, box, holes,
-                                                                   fields, self.timeout)
+        self.layout, self.schedule, options = handshake.model_side(
+            self.link, grid, box, holes, fields, self.timeout, strategy)
         self.grid = grid
         self.rank = self.link.rank
         self.box = self.layout.src.boxes[self.rank]
         self.strategy = strategy or options["strategy"]
+        self.link.merge()  # data messages on one intracommunicator (collective with the workers)
+        self.node, self._shared = None, {}
+        if strategies.STRATEGIES[self.strategy].needs_node:  # collective with the workers
+            self.node = Node(self.link)
+            self._shared = share_fields(self.node, self.layout, self.schedule,
+                                        {s.name: (1, s.levels) + self.box.shape
+                                         for s in self.schedule.fields.values()})
+        self._buffers = {name: sh.mine[0] for name, sh in self._shared.items()}
         self.timings = Timings()
         self.check_finite = bool(check_finite)
         self._senders: dict[str, Sender] = {}
         self._receivers: dict[str, Receiver] = {}
         self._backend = config.resolve("backend", backend, None)
+        self._chunk = options.get("pipeline_chunk")
         for spec in self.schedule.fields.values():
             if spec.direction == "in":
                 self._senders[spec.name] = Sender(
-                    self.link.inter, self.layout.model_send_routes(spec.point, self.rank),
+                    self.link.data, self.layout.model_send_routes(spec.point, self.rank),
                     spec.levels, spec.dtype, TAG_DATA + spec.index, self.strategy,
-                    name=f"model rank {self.rank}: put({spec.name!r})", **self._common())
+                    name=f"model rank {self.rank}: put({spec.name!r})", sign=spec.sign,
+                    shared=self._shared.get(spec.name), **self._common())
             elif spec.lag == 0:
                 self._receivers[spec.name] = self._receiver(spec)
         self._lagged = {e: LaggedOutputs(ex.lag, ex.initial, self.schedule.outputs_of(e),
@@ -102,13 +114,15 @@ class Coupler:
 
     # ------------------------------------------------------------------ helpers
     def _common(self) -> dict:
-        return dict(backend=self._backend, timeout=self.timeout, peer_label="worker")
+        return dict(backend=self._backend, timeout=self.timeout, peer_label="worker",
+                    chunk=self._chunk, peer_base=self.link.peer_base)
 
     def _receiver(self, spec: FieldSpec) -> Receiver:
-        return Receiver(self.link.inter, self.layout.model_recv_routes(spec.point, self.rank),
+        return Receiver(self.link.data, self.layout.model_recv_routes(spec.point, self.rank),
                         spec.levels, spec.dtype, TAG_DATA + spec.index, self.strategy,
                         fills=self.layout.model_fills(spec.point, self.rank),
-                        name=f"model rank {self.rank}: get({spec.name!r})", **self._common())
+                        name=f"model rank {self.rank}: get({spec.name!r})",
+                        shared=self._shared.get(spec.name), **self._common())
 
     def _lagged_fields(self) -> dict:
         return {s.name: (s.lag, s.levels, s.dtype) for e in self._lagged
@@ -189,6 +203,19 @@ class Coupler:
         return arr[None], offset
 
     # ------------------------------------------------------------------ API
+    def buffer(self, name: str) -> np.ndarray:
+        """An array ``(levels, ny, nx)`` of this rank's box for field ``name`` to compute in:
+        ``put(name, buf)`` and ``get(name, step, out=buf)`` with it cost this rank no copy under
+        the ``shm`` strategy (it lives in the node's shared memory: the worker copies). Do not
+        change it between a ``put`` and the ``get`` of the same exchange (or the next ``put``).
+        Under other strategies it is a plain array, so the same code runs everywhere."""
+        spec = self.schedule.field(name, "buffer")
+        buf = self._buffers.get(name)
+        if buf is None:
+            buf = np.zeros((spec.levels,) + self.box.shape, dtype=spec.dtype)
+            self._buffers[name] = buf
+        return buf
+
     def put(self, name: str, array, step: int, offset=None) -> bool:
         """Send ``array`` (the box, or a larger array with the box at ``offset``) if due.
 
@@ -294,6 +321,8 @@ class Coupler:
             obj.close()
         for ring in self._lagged.values():
             ring.close()
+        if self.node is not None:
+            self.node.close()
         self.link.close()
         self._closed = True
 

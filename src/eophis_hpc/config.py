@@ -26,6 +26,7 @@ TUNNEL_KEYS = {
                  "MPI datatypes, ...)"),
     "backend": (BACKENDS, "kernel backend"),
     "tiles_per_worker": (int, "tiles each worker stacks in its batch"),
+    "pipeline_chunk": (int, "bytes per message of the pipelined strategy"),
     "timeout": (float, "seconds a rank waits for its peers"),
 }
 

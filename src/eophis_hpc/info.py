@@ -125,6 +125,10 @@ def report() -> str:
     for mod in ("numpy", "numba", "mpi4py", "torch", "cupy", "jax"):
         lines.append(f"  {mod:<8} {_version(mod)}")
     lines += oasis_lines(oasis_environment())
+    lines.append("  MPI probe: eophis-hpc info --probe (contiguous, intercommunicator, subarray and "
+                 "struct round trips on this library)")
+    from .transport.mpi.strategies import DEFAULT, names
+    lines.append(f"  strategies {', '.join(names())} (default {DEFAULT})")
     try:
         lines.append(f"  mpiexec  {find_mpiexec()}")
     except FileNotFoundError as exc:

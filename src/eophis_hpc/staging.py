@@ -184,6 +184,23 @@ class Feed:
             if kw in self.ahead:
                 bufs[kw], self.ahead[kw] = self.ahead[kw], bufs[kw]
 
+    def adopt(self, name: str, array, ahead=None) -> None:
+        """Use ``array`` (shared memory, say) as the host batch of input ``name``, and ``ahead``
+        as its second receive buffer when it has one; the batch must be plain
+        (:meth:`not_plain`) and each array have the batch's shape and dtype."""
+        kw, _ = self.where[name]
+        old = self.host.get(kw)
+        bad = self.not_plain(name) or old is None or (ahead is None) != (kw not in self.ahead)
+        for arr in (array, ahead) if ahead is not None else (array,):
+            bad = bad or arr is None or arr.shape != old.shape or arr.dtype != old.dtype
+        if bad:
+            raise ValueError(f"Feed.adopt({name!r}): needs a plain batch of shape "
+                             f"{None if old is None else old.shape}"
+                             f"{' and its second buffer' if kw in self.ahead else ''}")
+        self.host[kw] = array
+        if ahead is not None:
+            self.ahead[kw] = ahead
+
     def outputs_not_plain(self) -> str | None:
         """Why outputs do not come back as one contiguous host 4-D array of all tiles."""
         if self.policy.mode == "direct":

@@ -26,18 +26,32 @@ from .transport.mpi.strategies import names as strategy_names
 KEEP_WITHIN = 1.25  # stage 1 keeps backends within this factor of the fastest
 
 
+# Chunk sizes tried for strategies that split messages (bytes): the cost of a message against
+# the overlap of packing and moving the next one.
+CHUNKS = (256 << 10, 1 << 20, 4 << 20)
+# The order candidates are measured in when the stage-1 estimates tie (best expected first):
+# one copy through shared memory, MPI datatypes, chunks, then the packing baseline.
+TRY_FIRST = ("shm", "datatype", "pipelined", "packed")
+
+
 @dataclass(frozen=True)
 class Candidate:
     strategy: str
     backend: str
     tiles_per_worker: int
+    chunk: int | None = None
 
     def settings(self) -> dict:
-        return {"strategy": self.strategy, "backend": self.backend,
-                "tiles_per_worker": self.tiles_per_worker}
+        out = {"strategy": self.strategy, "backend": self.backend,
+               "tiles_per_worker": self.tiles_per_worker}
+        if self.chunk is not None:
+            out["pipeline_chunk"] = self.chunk
+        return out
 
     def __str__(self) -> str:
-        return f"{self.strategy:<8} {self.backend:<6} {self.tiles_per_worker} tile(s)/worker"
+        chunk = f" {self.chunk >> 10} KiB chunks" if self.chunk else ""
+        return (f"{self.strategy:<9} {self.backend:<6} {self.tiles_per_worker} "
+                f"tile(s)/worker{chunk}")
 
 
 @dataclass
@@ -77,8 +91,11 @@ class Problem:
 
 def candidates(problem: Problem, backends=None) -> list[Candidate]:
     backends = backends or [b for b, state in kernels.available().items() if state == "ok"]
-    return [Candidate(s, b, t) for s, b, t in itertools.product(
-        strategy_names(), backends, problem.tile_counts())]
+    out = []
+    for s, b, t in itertools.product(strategy_names(), backends, problem.tile_counts()):
+        chunks = CHUNKS if s == "pipelined" else (None,)
+        out += [Candidate(s, b, t, c) for c in chunks]
+    return out
 
 
 def kernel_stage(problem: Problem, backends, progress=None) -> dict:
@@ -99,8 +116,8 @@ def kernel_stage(problem: Problem, backends, progress=None) -> dict:
 
 def prune(cands: list[Candidate], kernel_times: dict) -> list[Candidate]:
     """Copying candidates whose backend is within KEEP_WITHIN of the fastest, and in-place ones
-    (datatypes) with the fastest backend only (MPI moves their data; the kernels only fill);
-    best estimate first."""
+    (datatypes, shared memory) with the fastest backend only (they barely use the kernels);
+    fewest tiles first, then the strategies in TRY_FIRST order, then the kernel estimate."""
     fastest = min((b for b in kernel_times if b != "copyto"), key=kernel_times.get)
     limit = KEEP_WITHIN * kernel_times[fastest]
 
@@ -109,8 +126,11 @@ def prune(cands: list[Candidate], kernel_times: dict) -> list[Candidate]:
             return c.backend == fastest
         return kernel_times[c.backend] <= limit
 
-    return sorted(filter(keep, cands),
-                  key=lambda c: (kernel_times[c.backend], c.tiles_per_worker, c.strategy))
+    def order(c: Candidate):
+        first = TRY_FIRST.index(c.strategy) if c.strategy in TRY_FIRST else len(TRY_FIRST)
+        return (c.tiles_per_worker, first, kernel_times[c.backend], c.chunk or 0)
+
+    return sorted(filter(keep, cands), key=order)
 
 
 def refine(results: list, run_job, problem: Problem, time_left: float, bar, t_start: float,
@@ -247,7 +267,7 @@ def probe_job(workdir: Path, steps: int = 12, warmup: int = 3):
                "halo": problem.halo, "P": problem.model_ranks, "Q": problem.workers,
                "strategy": c.strategy, "backend": c.backend,
                "tiles": c.tiles_per_worker * problem.workers, "warmup": warmup, "steps": steps,
-               "naive": False}
+               "naive": False, "chunk": c.chunk}
         record, err = runner.run_job(cfg, workdir, time_left, f"tune-{next(counter)}")
         if record is None:
             if err.startswith("timed out"):

@@ -25,10 +25,13 @@ class Tunnel:
 
     ``halo`` cells are added around every tile (closed, cyclic or folded per the grid);
     ``tiles`` is the total number of tiles (default: one per worker) or the tiles themselves (a
-    Decomposition or boxes, e.g. Eophis' layout); ``strategy`` is
-    ``datatype`` (the default: MPI derived datatypes, no packing; 1.2-2x raw MPI against 3x for
-    packed at 1:1 in docs/performance.md) or ``packed`` (compiled kernels + persistent buffers;
-    fields that need a cast, stacking or land removal use it automatically); ``dtype`` is the
+    Decomposition or boxes, e.g. Eophis' layout); ``strategy`` is how data moves (the names of
+    ``eophis_hpc.transport.mpi.strategy_names()``, docs/architecture.md): ``shm`` (the default:
+    one copy through shared memory between ranks of a node, MPI datatypes to the others; left
+    unset, the workers follow a model side that cannot pair with it, e.g. a Fortran client),
+    ``datatype`` (MPI derived datatypes, no packing), ``pipelined`` (chunked messages,
+    ``pipeline_chunk`` bytes each) or ``packed`` (compiled kernels + persistent buffers; fields
+    that need a cast, stacking or land removal use it automatically); ``dtype`` is the
     dtype the model wants (cast in the unpack kernel).
 
     Where the model runs (``staging``, ``device``): ``framework`` (numpy, torch, cupy,
@@ -62,11 +65,13 @@ class Tunnel:
                  timeout: float | None = None, check_finite: bool = False,
                  transport: str = "mpi", device: str = "cpu", chunks: int | None = None,
                  stack: bool | str = False, land: str | None = None, world=None,
-                 pipeline: bool = True):
+                 pipeline: bool = True, pipeline_chunk: int | None = None):
         install_abort_hook()  # a bad argument below must end the MPI job, not strand the model
         if not isinstance(grid, Grid):
             raise TypeError(f"Tunnel: grid must be an eophis_hpc.Grid, got {type(grid).__name__}")
         self.settings = config.load()  # eophis_hpc.toml (from eophis-hpc tune): fills unset options
+        # not chosen (argument or settings file): the workers follow the model side if need be
+        self.strategy_explicit = strategy is not None or "strategy" in self.settings
         strategy = config.resolve("strategy", strategy, strategies.DEFAULT)
         strategies.check_name(strategy, "Tunnel")
         self.engine_class = engines.engine_class(transport)
@@ -82,6 +87,12 @@ class Tunnel:
                             f"got {type(tiles).__name__}")
         self.n_tiles = tiles
         self.strategy = strategy
+        pipeline_chunk = config.resolve("pipeline_chunk", pipeline_chunk, None)
+        if pipeline_chunk is not None and (isinstance(pipeline_chunk, bool) or not isinstance(
+                pipeline_chunk, int) or pipeline_chunk < 64):
+            raise ValueError(f"Tunnel: pipeline_chunk must be a number of bytes >= 64, got "
+                             f"{pipeline_chunk!r}")
+        self.pipeline_chunk = pipeline_chunk
         self.backend = config.resolve("backend", backend, None)
         self.framework = framework
         self.device = device

@@ -65,7 +65,8 @@ def run_model(cfg) -> None:
         box = eh.Box(*cfg["model_boxes"][rank])
     mh = cfg.get("model_halo", 0)
     cpl = eh.connect(g, box, check_finite=cfg.get("check_finite", False),
-                     fields=cfg.get("declare"), restart=cfg.get("restart_in"))
+                     fields=cfg.get("declare"), restart=cfg.get("restart_in"),
+                     strategy=cfg.get("model_strategy"))
     assert cpl.comm.rank == rank
     h = cfg["halo"]
     static = [ex for ex in exchanges(cfg) if ex.static]
@@ -97,7 +98,11 @@ def run_model(cfg) -> None:
                     cpl.put(name, np.zeros((ex.levels,) + box.shape, dtype=np.int32), step)
                 if cfg.get("bad_layout") == [rank, step]:
                     cpl.put(name, np.zeros((ex.levels, box.shape[1], box.shape[0])).T, step)
-                if mh:  # the model's own halo around the box: put with an offset, no copy
+                if cfg.get("use_buffers"):  # compute in the window-backed array, no copy
+                    buf = cpl.buffer(name)
+                    buf[...] = glb[:, box.j0:box.j1, box.i0:box.i1]
+                    sent = cpl.put(name, buf, step)
+                elif mh:  # the model's own halo around the box: put with an offset, no copy
                     arr = np.full((ex.levels, box.j1 - box.j0 + 2 * mh, box.i1 - box.i0 + 2 * mh),
                                   np.nan, dtype=ex.dtype)
                     arr[:, mh:-mh, mh:-mh] = glb[:, box.j0:box.j1, box.i0:box.i1]
@@ -105,6 +110,8 @@ def run_model(cfg) -> None:
                 else:
                     sent = cpl.put(name, np.ascontiguousarray(glb[:, box.j0:box.j1, box.i0:box.i1]), step)
                 assert sent == cpl.schedule.due(cpl.schedule.fields[name].exchange, step)
+                if cfg.get("kill_model_after_put") == [rank, step]:  # the worker reads its window
+                    os.kill(os.getpid(), signal.SIGKILL)
         if not cfg.get("get_first"):
             check_outputs(cfg, cpl, box, rank, step)
     if rss_start is not None:
@@ -134,7 +141,8 @@ def check_outputs(cfg, cpl, box, rank: int, step: int) -> None:
             continue
         for name in ex.inputs:
             e = cpl.schedule.fields[name].exchange
-            got = cpl.get(output_name(name), step)
+            out = cpl.buffer(output_name(name)) if cfg.get("use_buffers") else None
+            got = cpl.get(output_name(name), step, out=out)
             if not cpl.schedule.due(e, step):
                 assert got is None
                 continue
@@ -163,7 +171,8 @@ def run_worker(cfg) -> None:
     tunnel = eh.Tunnel(g, halo=h, exchanges=exchanges(cfg), tiles=cfg.get("tiles"), dt=cfg.get("dt"),
                        check_finite=cfg.get("check_finite", False),
                        strategy=cfg["strategy"], backend=cfg.get("backend"), verbose=False,
-                       pipeline=cfg.get("pipeline", True))
+                       pipeline=cfg.get("pipeline", True),
+                       pipeline_chunk=cfg.get("pipeline_chunk"))
     seen = {"calls": 0}
 
     def closure(step, **inputs):
@@ -233,6 +242,8 @@ def run_worker(cfg) -> None:
                     if not np.array_equal(got[k], reference_tile(glb, g, box, h)):
                         raise AssertionError(f"static {name}: tile {d} differs")
     tunnel.run()
+    if cfg.get("describe"):
+        print(f"worker {tunnel.rank}: {tunnel.describe()}", flush=True)
     print(f"worker {tunnel.rank}: settings strategy={tunnel.strategy} "
           f"backend={tunnel.backend} tiles={len(tunnel.layout.dst.boxes)}", flush=True)
     if "rss" in seen:

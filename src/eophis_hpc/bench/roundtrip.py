@@ -7,7 +7,9 @@ and ``eophis-hpc tune``)::
           : -n Q python -m eophis_hpc.bench.roundtrip worker CONFIG.json
 
 Options of CONFIG besides the field (grid, levels, dtype, halo, P, Q, warmup, steps, out):
-``strategy``, ``backend``, ``tiles`` (total tiles) and ``naive`` (false skips path (c)).
+``strategy``, ``backend``, ``tiles`` (total tiles), ``naive`` (false skips path (c)),
+``buffers`` (true: the model puts from and gets into ``cpl.buffer`` arrays) and ``chunk``
+(bytes per message of the ``pipelined`` strategy).
 
 Per round trip (one field ``u`` of ``levels`` x the model's box, out and back):
 
@@ -160,12 +162,17 @@ def model_main(cfg, world, comm) -> None:
     cpl = eh.connect(g, box, strategy=cfg["strategy"], backend=cfg.get("backend"))
     if cpl.comm.rank != rank:
         raise RuntimeError(f"model rank {rank}: the coupler says rank {cpl.comm.rank}")
+    if cfg.get("buffers"):  # the model computes in cpl.buffer arrays (shm: no copy of its own)
+        put_arr, out = cpl.buffer("u"), cpl.buffer("fu")
+        put_arr[...] = arr
+    else:
+        put_arr = arr
     samples = []
     for step in range(nsteps):
         out.fill(np.nan)
         comm.Barrier()
         t0 = time.perf_counter()
-        cpl.put("u", arr, step)
+        cpl.put("u", put_arr, step)
         cpl.get("fu", step, out=out)
         samples.append(time.perf_counter() - t0)
         if step == 0 and not np.array_equal(out, arr):
@@ -176,6 +183,8 @@ def model_main(cfg, world, comm) -> None:
     n_put = summ["phases"]["put"]["count"]
     sent = summ["bytes"]["u"] // n_put
     got = summ["bytes"]["fu"] // summ["phases"]["get"]["count"]
+    if cfg.get("buffers"):
+        out = np.array(out)  # the buffers go with the coupler
     cpl.close()
     eophis_max = per_step_max(comm, samples)
     eophis_bytes = comm.reduce(sent + got, root=0)
@@ -299,7 +308,7 @@ def worker_main(cfg, world, comm) -> None:
     tunnel = eh.Tunnel(g, halo=h, exchanges=[eh.Exchange(inputs=["u"], outputs=["fu"], levels=nz,
                                                          dtype=cfg["dtype"])],
                        strategy=cfg["strategy"], backend=cfg.get("backend"),
-                       tiles=cfg.get("tiles"), verbose=False)
+                       tiles=cfg.get("tiles"), verbose=False, pipeline_chunk=cfg.get("chunk"))
     calls = {"n": 0}
     lv = check_levels(nz)
 

@@ -68,6 +68,15 @@ def run_pingpong(sizes: list[int], workdir: Path, timeout: float) -> tuple[dict 
     return launch(cmd, workdir, rec_path, timeout)
 
 
+def run_probe(cfg: dict, workdir: Path, timeout: float) -> tuple[dict | None, str]:
+    """The MPI library probe (``eophis_hpc.bench.mpiprobe``) between two ranks; returns
+    ``(record, "")`` or ``(None, why it failed)``."""
+    workdir, cfg_path, rec_path = _paths(workdir, "mpiprobe", cfg, timeout)
+    cmd = [find_mpiexec(), "-n", "2", sys.executable, "-m", "eophis_hpc.bench.mpiprobe",
+           str(cfg_path)]
+    return launch(cmd, workdir, rec_path, timeout)
+
+
 # --------------------------------------------------------------------------- machine load
 def _busy_seconds() -> tuple[float, float] | None:
     """(busy, elapsed) CPU seconds of the whole machine so far, from Linux ``/proc/stat``."""

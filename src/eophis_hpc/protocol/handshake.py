@@ -64,11 +64,13 @@ def first_error(errors) -> str | None:
     return None
 
 
-def request(grid: Grid, boxes: list, holes: bool, fields: dict | None, error: str | None) -> dict:
-    """The model root's declaration of the model side."""
+def request(grid: Grid, boxes: list, holes: bool, fields: dict | None, error: str | None,
+            strategy: str | None = None) -> dict:
+    """The model root's declaration of the model side (``strategy``: the one the model asks
+    for, None to follow the workers)."""
     return {"protocol": PROTOCOL, "version": __version__, "client": "python",
             "grid": grid.to_dict(), "boxes": boxes, "holes": holes, "fields": fields,
-            "error": error}
+            "error": error, "strategy": strategy}
 
 
 def reply(req: dict, grid: Grid, halo: int, schedule: Schedule, n_tiles, options: dict,

@@ -23,6 +23,7 @@ from ..protocol.wire import TAG_CONTROL, TAG_DATA
 from ..transport.mpi import Link, Receiver, Sender, wait_all
 from ..transport.mpi import handshake
 from ..transport.mpi import strategies
+from ..transport.mpi.node import Node, share_fields
 from .engine import Engine
 from .invoker import Invoker
 
@@ -37,7 +38,8 @@ class MpiEngine(Engine):
         self.policy = tunnel.policy
         self.feed = None
         self.held_note = None
-        self.sent: dict = {}  # output -> what its Sender read last (in-place strategies)
+        self.sent: dict = {}  # output -> what its Sender read last (strategies that read late)
+        self.node = None
 
     # ------------------------------------------------------------------ set-up
     def open(self) -> None:
@@ -48,9 +50,16 @@ class MpiEngine(Engine):
         tnl = self.tunnel
         self.link = Link("worker", world=tnl.world, timeout=tnl.timeout)
         self.rank = self.link.rank
-        options = {"strategy": tnl.strategy}
-        self.layout = handshake.worker_side(self.link, tnl.grid, tnl.halo, tnl.schedule,
-                                            self._tiles_wanted(), options, tnl.timeout)
+        options = {"strategy": tnl.strategy, "explicit": tnl.strategy_explicit,
+                   "pipeline_chunk": tnl.pipeline_chunk}
+        self.layout, agreed = handshake.worker_side(self.link, tnl.grid, tnl.halo, tnl.schedule,
+                                                    self._tiles_wanted(), options, tnl.timeout)
+        self.strategy = agreed["strategy"]
+        if agreed["client"] == "python":  # data messages on one intracommunicator
+            self.link.merge()
+        if self.strategy != tnl.strategy:
+            self.notes.append(f"strategy {self.strategy!r} (the {agreed['client']} model side "
+                              f"cannot pair with the default {tnl.strategy!r})")
         w = self.link.rank
         tiles = self.layout.tiles_of[w]
         boxes = [self.layout.dst.boxes[d] for d in tiles]
@@ -61,38 +70,90 @@ class MpiEngine(Engine):
         self.invoker = Invoker(tnl.schedule, tnl.registry, self.feed, boxes, tiles,
                                tnl.check_finite)
         self.receivers, self.senders = {}, {}
-        common = {"backend": tnl.backend, "timeout": tnl.timeout, "peer_label": "model rank"}
+        chosen = self._strategies()
+        shared = self._share(chosen)
+        common = {"backend": tnl.backend, "timeout": tnl.timeout, "peer_label": "model rank",
+                  "chunk": tnl.pipeline_chunk, "peer_base": self.link.peer_base}
         for spec in tnl.schedule.fields.values():
             tag = TAG_DATA + spec.index
             wire = np.dtype(spec.dtype)
+            strategy = chosen[spec.name]
             if spec.direction == "in":
-                batch_dtype = tnl.dtype if tnl.dtype is not None else wire
-                why = self.feed.not_plain(spec.name) or (
-                    f"cast {wire} -> {batch_dtype}" if batch_dtype != wire else None)
-                strategy = self._strategy_for(spec.name, why)
-                rcv = Receiver(self.link.inter, self.layout.worker_recv_routes(spec.point, w),
+                rcv = Receiver(self.link.data, self.layout.worker_recv_routes(spec.point, w),
                                spec.levels, wire, tag, strategy,
                                fills=self.layout.worker_fills(spec.point, w), fill=tnl.fill,
                                name=f"worker {w}: receiving {spec.name!r}",
+                               shared=shared.get(spec.name),
                                **{**common, **self.feed.recv_options()})
                 rcv.bind(self.feed.recv_target(spec.name))
                 if self.feed.pipelined(spec.name):
                     rcv.bind(self.feed.recv_target(spec.name, ahead=True))
                 self.receivers[spec.name] = rcv
             else:
-                strategy = self._strategy_for(spec.name, self.feed.outputs_not_plain())
                 self.senders[spec.name] = Sender(
-                    self.link.inter, self.layout.worker_send_routes(spec.point, w), spec.levels,
+                    self.link.data, self.layout.worker_send_routes(spec.point, w), spec.levels,
                     wire, tag, strategy, name=f"worker {w}: sending {spec.name!r}",
-                    **{**common, **self.feed.send_options()})
+                    shared=shared.get(spec.name), **{**common, **self.feed.send_options()})
         for e in range(len(tnl.exchanges)):
             self._post(e)
         self.note = np.empty(2, dtype=np.int64)
 
+    def _strategies(self) -> dict:
+        """The strategy of every field: the tunnel's, or the fallback where the batch (or the
+        outputs) cannot be used in place (a cast, stacking, land tiles, device buffers)."""
+        tnl, out = self.tunnel, {}
+        for spec in tnl.schedule.fields.values():
+            if spec.direction == "in":
+                wire = np.dtype(spec.dtype)
+                batch_dtype = tnl.dtype if tnl.dtype is not None else wire
+                why = self.feed.not_plain(spec.name) or (
+                    f"cast {wire} -> {batch_dtype}" if batch_dtype != wire else None)
+            else:
+                why = self.feed.outputs_not_plain()
+            out[spec.name] = self._strategy_for(spec.name, why)
+        return out
+
+    def _share(self, chosen: dict) -> dict:
+        """With a strategy that needs the node (collective with the model ranks): the shared
+        windows, this worker's batch of each input using it moved into its window."""
+        tnl = self.tunnel
+        if not strategies.STRATEGIES[self.strategy].needs_node:
+            return {}
+        n = len(self.layout.tiles_of[self.link.rank])
+        mine = {}
+        for spec in tnl.schedule.fields.values():
+            if chosen[spec.name] != self.strategy:
+                continue
+            why = None
+            if spec.direction == "in" and self.policy.pinned:  # keep the pinned staging buffer
+                why = "pinned staging buffers"
+            elif spec.direction == "out" and tnl.exchanges[spec.exchange].lag:
+                why = "lagged: the model ranks receive several occurrences ahead"
+            if why:  # no segment here: the model ranks see none and use MPI for this field
+                self.notes.append(f"{spec.name!r}: no shared window ({why}); "
+                                  f"{strategies.STRATEGIES[self.strategy].remote} strategy")
+                continue
+            if spec.direction == "in":  # the batch, and its twin with pipeline=True
+                shape = self.feed.recv_target(spec.name).shape
+                slots = 2 if self.feed.pipelined(spec.name) else 1
+                mine[spec.name] = (slots * shape[0],) + tuple(shape[1:])
+            else:
+                mine[spec.name] = (n, spec.levels) + tuple(self.layout.tile_shape)
+        self.node = Node(self.link)
+        shared = share_fields(self.node, self.layout, tnl.schedule, mine)
+        self.notes.append(f"{self.strategy}: {self.node.describe('model rank')}; the others over "
+                          f"MPI ({strategies.STRATEGIES[self.strategy].remote})")
+        for spec in tnl.schedule.fields.values():
+            if spec.direction == "in" and spec.name in mine:
+                seg = shared[spec.name].mine
+                rows = seg.shape[0] // shared[spec.name].slots
+                self.feed.adopt(spec.name, seg[:rows], seg[rows:] if rows < len(seg) else None)
+        return shared
+
     def _strategy_for(self, name: str, why: str | None) -> str:
         """The tunnel's strategy, or the registry's fallback (noted) where it works in place
         and the batch is not a plain host array (``why``)."""
-        chosen, note = strategies.for_field(self.tunnel.strategy, why)
+        chosen, note = strategies.for_field(self.strategy, why)
         if note:
             self.notes.append(f"{name!r}: {note}")
         return chosen
@@ -209,7 +270,7 @@ class MpiEngine(Engine):
             for e in group:
                 self._post(e, ahead=True)
         for spec in specs:  # MPI may still read the last outputs (pinned buffers are reused)
-            if self.senders[spec.name].in_place:
+            if self.senders[spec.name].reads_late:
                 self.senders[spec.name].wait()
         t_model = time.perf_counter()
         targets = self.invoker.call(group, step)
@@ -220,6 +281,7 @@ class MpiEngine(Engine):
             sender = self.senders[spec.name]
             if sender.in_place:
                 target = np.ascontiguousarray(target, dtype=spec.dtype)
+            if sender.reads_late:
                 self.sent[spec.name] = target
             sender.start(target, offset)
             self.timings.add_bytes(spec.name, sender.bytes)
@@ -234,18 +296,23 @@ class MpiEngine(Engine):
         self.timings.span("send", t2, t3)
 
     def _release(self, batches: list, specs: list) -> None:
-        """Complete the in-place sends of ``specs`` that still read one of ``batches`` (a model
-        that returns a view of its inputs), before receives overwrite them."""
+        """Complete the sends of ``specs`` that may still read one of ``batches`` (a model
+        that returns a view of its inputs), before receives overwrite them (an output that is
+        not one array, read late: always)."""
         for spec in specs:
             sender = self.senders[spec.name]
             last = self.sent.get(spec.name)
-            if sender.in_place and last is not None and any(
+            if not sender.reads_late or last is None:
+                continue
+            if not isinstance(last, np.ndarray) or any(
                     isinstance(b, np.ndarray) and np.may_share_memory(last, b) for b in batches):
                 sender.wait()
 
     def _teardown(self) -> None:
         for obj in list(self.receivers.values()) + list(self.senders.values()):
             obj.close()
+        if self.node is not None:
+            self.node.close()
         if self.tunnel.verbose:
             report = self.report()
             if self.link.is_root and report:

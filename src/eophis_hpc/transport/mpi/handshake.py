@@ -14,6 +14,7 @@ from ...protocol import handshake as messages
 from ...protocol.schedule import Schedule
 from ...protocol.wire import TAG_HANDSHAKE
 from .join import Link
+from .strategies import negotiate
 from .waits import mpi, probe, wait_all
 
 
@@ -34,8 +35,9 @@ def recv_json(comm, source: int, timeout: float | None, what: str, peer_label: s
 
 
 def model_side(link: Link, grid: Grid, box, holes: bool, fields: dict | None,
-               timeout: float | None):
-    """Model ranks: returns ``(layout, schedule, options)`` agreed with the workers."""
+               timeout: float | None, strategy: str | None = None):
+    """Model ranks: returns ``(layout, schedule, options)`` agreed with the workers
+    (``strategy``: the model's own choice, checked against the workers' one)."""
     box, local_err = messages.parse_box(box)
     gathered = link.comm.gather((box, local_err), root=0)
     answer = None
@@ -43,8 +45,8 @@ def model_side(link: Link, grid: Grid, box, holes: bool, fields: dict | None,
         boxes = [b for b, _ in gathered]
         error = messages.first_error([e for _, e in gathered])
         what = "model rank 0: handshake with the workers"
-        send_json(link.inter, messages.request(grid, boxes, holes, fields, error), 0, timeout,
-                  what, "worker")
+        send_json(link.inter, messages.request(grid, boxes, holes, fields, error, strategy), 0,
+                  timeout, what, "worker")
         answer = recv_json(link.inter, 0, timeout, what, "worker")
     answer = link.comm.bcast(answer, root=0)
     return messages.agreed(grid, answer)
@@ -52,19 +54,28 @@ def model_side(link: Link, grid: Grid, box, holes: bool, fields: dict | None,
 
 def worker_side(link: Link, grid: Grid, halo: int, schedule: Schedule, n_tiles, options: dict,
                 timeout: float | None):
-    """Workers: receive the model's declaration, check it, answer; returns the layout."""
+    """Workers: receive the model's declaration, check it, answer; returns the layout and the
+    options agreed with the model side (the strategy, negotiated when ``options["explicit"]`` is
+    false: :func:`.strategies.negotiate`)."""
     answer = None
     if link.is_root:
         what = "worker 0: waiting for the model ranks' declaration"
         req = recv_json(link.inter, 0, timeout, what, "model rank")
         answer, layout = messages.reply(req, grid, halo, schedule, n_tiles, options, link.size,
                                         link.remote_size)
-        if req.get("client", "python") == "python":
+        client = req.get("client", "python")
+        strategy, mismatch = negotiate(req.get("strategy"), options["strategy"],
+                                       options.get("explicit", True), client)
+        answer["options"] = dict(options, strategy=strategy, client=client)
+        if mismatch and not answer["error"]:
+            answer["error"], answer["tiles"], layout = mismatch, None, None
+        if client == "python":
             send_json(link.inter, answer, 0, timeout, "worker 0: handshake reply", "model rank")
         else:
             answer["error"] = _send_tables(link, req, layout, schedule, answer["error"], timeout)
     answer = link.comm.bcast(answer, root=0)
-    return messages.agreed(grid, answer)[0]
+    layout, _, agreed = messages.agreed(grid, answer)
+    return layout, agreed
 
 
 def _send_tables(link: Link, req: dict, layout, schedule: Schedule, error,

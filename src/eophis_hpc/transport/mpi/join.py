@@ -96,7 +96,18 @@ class Link:
         self.inter = self.comm.Create_intercomm(0, self.world, remote_leader, TAG_HANDSHAKE)
         self.rank, self.size = self.comm.rank, self.comm.size
         self.remote_size = self.inter.remote_size
+        self.data, self.peer_base = self.inter, 0
         mark_coupled()
+
+    def merge(self) -> None:
+        """Move the data messages to one intracommunicator of both sides (collective over both;
+        model ranks first, then workers). Some MPI builds (the ``mpich`` 5 wheel) move large
+        messages more slowly over an intercommunicator (docs/performance.md); the control
+        notes and the handshake stay on ``inter``. Only between eophis_hpc's own clients: a
+        Fortran or C client keeps ``inter`` for everything."""
+        if self.data is self.inter:
+            self.data = self.inter.Merge(high=self.role == ROLES[1])
+            self.peer_base = self.size if self.role == ROLES[0] else 0
 
     @property
     def is_root(self) -> bool:
@@ -108,6 +119,9 @@ class Link:
 
     def close(self) -> None:
         """Free the communicators (collective over both sides)."""
+        if self.data is not None and self.data is not self.inter:
+            self.data.Free()
+        self.data = None
         if self.inter is not None:
             self.inter.Free()
             self.comm.Free()

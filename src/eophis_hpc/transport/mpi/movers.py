@@ -4,6 +4,7 @@ did not answer."""
 from __future__ import annotations
 
 from ... import kernels
+from ...protocol.wire import Route
 from .strategies import STRATEGIES, FieldMove, check_name
 from .waits import mpi, wait_all
 
@@ -12,22 +13,33 @@ class _Mover:
     def __init__(self, comm, routes: list, nz: int, dtype, tag: int, strategy: str, send: bool,
                  backend=None, timeout: float | None = None, name: str = "",
                  peer_label: str = "rank", alloc=None, mpi_buf=None, sync=None, fills=None,
-                 fill: float = 0.0):
+                 fill: float = 0.0, sign: float = 1.0, shared=None, chunk: int | None = None,
+                 peer_base: int = 0):
         check_name(strategy, name or "transport")
+        self.names = [r.peer for r in routes]  # the peers' ranks on their side, for messages
+        if peer_base:  # ``comm`` holds both sides: the peer's rank there
+            routes = [Route(r.peer + peer_base, r.parts) for r in routes]
         self.move = FieldMove(comm, routes, nz, dtype, tag, kernels.get(backend), alloc=alloc,
-                              mpi_buf=mpi_buf, sync=sync, fills=fills or {}, fill_value=fill)
+                              mpi_buf=mpi_buf, sync=sync, fills=fills or {}, fill_value=fill,
+                              sign=sign, timeout=timeout, what=name or "transport",
+                              peer_label=peer_label, shared=shared, chunk=chunk,
+                              peer_base=peer_base)
         self.routes, self.nz, self.dtype = routes, nz, self.move.dtype
         self.timeout, self.name, self.peer_label = timeout, name, peer_label
         self.strategy = strategy
         self.path = STRATEGIES[strategy](self.move, send)
         self.in_place = self.path.in_place
+        self.reads_late = self.path.reads_late
         self.bytes = self.move.cells * nz * self.dtype.itemsize
         self.requests = []
 
     def _wait(self) -> None:
-        wait_all(self.requests, self.timeout, self.name, [r.peer for r in self.routes],
-                 self.peer_label)
+        self._wait_for(self.requests)
         self.requests = []
+
+    def _wait_for(self, requests: list) -> None:
+        """Complete ``requests`` (one per route, in route order), bounded by the timeout."""
+        wait_all(requests, self.timeout, self.name, self.names, self.peer_label)
 
 
 class Sender(_Mover):
@@ -73,8 +85,8 @@ class Receiver(_Mover):
         """Complete the receives and leave the field in ``target``."""
         if not self.requests and self.routes:
             raise RuntimeError("Receiver.wait: nothing was posted")
-        self._wait()
-        self.path.finish_recv(target, offset, sign)
+        self.path.complete_recv(self.requests, self._wait_for, target, offset, sign)
+        self.requests = []
 
     def cancel(self) -> None:
         """Cancel posted receives (at the end of a run, when no more data will come)."""

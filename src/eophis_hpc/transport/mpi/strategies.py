@@ -19,7 +19,8 @@ import numpy as np
 from .datatypes import TypeCache
 from .waits import mpi, mpi_float
 
-DEFAULT = "datatype"      # zero-copy where the batch allows it
+DEFAULT = "shm"           # one copy through shared memory on a node, datatypes between nodes
+UNPAIRED = "datatype"     # what workers left on the default use when the model side cannot pair
 FALLBACK = "packed"       # what an in_place strategy falls back to
 
 
@@ -28,7 +29,13 @@ class FieldMove:
     """What one field moves on this rank: its routes (one per peer), levels, wire dtype and tag;
     the kernels (``kern``) for packing; for packed buffers in device memory, ``alloc(n, dtype)``
     makes them, ``mpi_buf`` wraps them for mpi4py and ``sync`` runs between packing and sending;
-    the receive side's fill rects (per target index) and fill value."""
+    the receive side's fill rects (per target index) and fill value; ``sign`` of folded runs
+    for strategies that write them on the sending side; ``timeout``, ``what`` and
+    ``peer_label`` for waits inside a strategy (bounded, naming the peer); ``shared``: the
+    field's shared-memory segments on this node (:class:`.node.SharedField`), or None;
+    ``chunk``: the bytes per message of strategies that split messages (None: their default);
+    ``peer_base``: a route's peer is rank ``peer - peer_base`` of its side (``comm`` holds both
+    sides), for messages and shared segments."""
 
     comm: object
     routes: list
@@ -41,6 +48,13 @@ class FieldMove:
     sync: Callable | None = None
     fills: dict = field(default_factory=dict)
     fill_value: float = 0.0
+    sign: float = 1.0
+    timeout: float | None = None
+    what: str = ""
+    peer_label: str = "rank"
+    shared: object = None
+    chunk: int | None = None
+    peer_base: int = 0
 
     def __post_init__(self):
         self.dtype = np.dtype(self.dtype)
@@ -70,10 +84,18 @@ class FieldMove:
 
 class Strategy:
     """Base class: one field, one direction. Subclasses set ``name`` and ``in_place`` and
-    implement the four hooks."""
+    implement the four hooks. ``reads_late``: a send may still read the caller's memory after
+    :meth:`start_send` returned (until the mover's ``wait``). ``paired``: both sides must use
+    this strategy (agreed at the handshake; ``foreign_hint`` says what a Fortran or C client
+    would need for it). ``needs_node``: both sides build the shared-memory windows of their
+    node before the movers (:mod:`.node`)."""
 
     name: ClassVar[str] = ""
     in_place: ClassVar[bool] = False
+    reads_late: ClassVar[bool] = False
+    paired: ClassVar[bool] = False
+    needs_node: ClassVar[bool] = False
+    foreign_hint: ClassVar[str] = ""
     doc: ClassVar[str] = ""
 
     def __init__(self, move: FieldMove, send: bool):
@@ -93,6 +115,13 @@ class Strategy:
     def finish_recv(self, target, offset: tuple[int, int], sign: float) -> None:
         """The receives completed: leave the field in ``target`` (sign of folded runs)."""
         raise NotImplementedError
+
+    def complete_recv(self, requests: list, wait, target, offset: tuple[int, int],
+                      sign: float) -> None:
+        """Complete ``requests`` (``wait(requests)`` is bounded and names the late peers) and
+        leave the field in ``target``; strategies that unpack as data arrives override it."""
+        wait(requests)
+        self.finish_recv(target, offset, sign)
 
     def bind_recv(self, target, offset: tuple[int, int] = (0, 0)) -> None:
         """Receive into ``target`` again and again (a buffer the caller keeps alive)."""
@@ -124,6 +153,39 @@ def check_name(name, where: str) -> str:
     return name
 
 
+def agreement(model: str | None, workers: str, client: str) -> str | None:
+    """Why the model side's strategy (None: the workers' choice) cannot work with the workers'
+    one, or None. Strategies that need a node work only when both sides use them."""
+    theirs = STRATEGIES[workers]
+    if client != "python" and theirs.paired:
+        return (f"the workers use strategy={workers!r} ({theirs.doc}), which the {client} "
+                f"client does not support: {theirs.foreign_hint}; give the workers' Tunnel "
+                "strategy='datatype' (or 'packed')")
+    if model is None or model == workers:
+        return None
+    if model not in STRATEGIES:
+        return f"connect: strategy={model!r} is not one of {names()}"
+    if STRATEGIES[model].paired or theirs.paired:
+        return (f"the model asks for strategy={model!r}, the workers use {workers!r}: "
+                f"{model if STRATEGIES[model].paired else workers!r} works only when both "
+                "sides use it (leave connect's strategy unset to follow the workers)")
+    return None
+
+
+def negotiate(model: str | None, workers: str, explicit: bool, client: str):
+    """``(strategy the workers use, error or None)`` for a model side that asks for ``model``
+    (None: the workers' choice). Workers whose strategy was not chosen explicitly (argument or
+    settings file) follow the model side: its own paired strategy, else :data:`UNPAIRED` when
+    theirs is paired and the model side cannot pair with it (a Fortran or C client, or a model
+    asking for an unpaired strategy)."""
+    if not explicit and STRATEGIES[workers].paired:
+        if client != "python":
+            workers = UNPAIRED
+        elif model in STRATEGIES:
+            workers = model if STRATEGIES[model].paired else UNPAIRED
+    return workers, agreement(model, workers, client)
+
+
 def for_field(name: str, why_not_plain: str | None) -> tuple[str, str | None]:
     """The strategy a field uses: ``name``, or the copying fallback (with a note saying why)
     when ``name`` works in place and the field's batch is not a plain host array."""
@@ -132,7 +194,7 @@ def for_field(name: str, why_not_plain: str | None) -> tuple[str, str | None]:
     return name, None
 
 
-def _route_buffers(move: FieldMove):
+def route_buffers(move: FieldMove):
     """One persistent buffer for all routes (pages touched now, not at the first step) and its
     slice per route."""
     n = move.cells * move.nz
@@ -159,7 +221,7 @@ class Packed(Strategy):
 
     def __init__(self, move: FieldMove, send: bool):
         super().__init__(move, send)
-        self.buf, self.slices = _route_buffers(move)
+        self.buf, self.slices = route_buffers(move)
         wrap = move.mpi_buf or (lambda b: b)
         init = move.comm.Send_init if send else move.comm.Recv_init
         self.persistent = [init([wrap(sl), mpi_float(move.dtype)], r.peer, move.tag)
@@ -220,6 +282,7 @@ class Datatype(Strategy):
 
     name = "datatype"
     in_place = True
+    reads_late = True
 
     def __init__(self, move: FieldMove, send: bool):
         super().__init__(move, send)

