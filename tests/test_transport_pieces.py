@@ -25,10 +25,11 @@ def cases(draw):
     src = draw(decompositions(g, allow_holes=False))
     n_workers = draw(st.integers(1, 3))
     halo = draw(halos(g, cap=4))
+    n_tiles = draw(st.integers(n_workers, n_workers + 2))
     try:
-        layout = Layout(g, [tuple(b) for b in src.boxes], n_workers, halo,
-                        n_tiles=draw(st.integers(n_workers, n_workers + 2)))
-    except ValueError:  # the grid cannot be split into that many tiles
+        layout = Layout(g, [tuple(b) for b in src.boxes], n_workers, halo, n_tiles=n_tiles)
+        layout.plan(g.point)
+    except ValueError:  # too many tiles for the grid, or stacked tiles reaching past the fold
         layout = Layout(g, [tuple(b) for b in src.boxes], 1, halo)
     return g, src, layout
 

@@ -206,10 +206,15 @@ class Coupler:
     def buffer(self, name: str) -> np.ndarray:
         """An array ``(levels, ny, nx)`` of this rank's box for field ``name`` to compute in:
         ``put(name, buf)`` and ``get(name, step, out=buf)`` with it cost this rank no copy under
-        the ``shm`` strategy (it lives in the node's shared memory: the worker copies). Do not
-        change it between a ``put`` and the ``get`` of the same exchange (or the next ``put``).
-        Under other strategies it is a plain array, so the same code runs everywhere."""
+        the ``shm`` strategy (it lives in the node's shared memory: the workers copy). Call it
+        again before writing an input's buffer at a later step: it returns once every worker
+        has read the last ``put`` of it (workers whose halos reach this box may read it after
+        this rank's own ``get`` returned). Under other strategies it is a plain array (and the
+        call waits for the last send), so the same code runs everywhere."""
         spec = self.schedule.field(name, "buffer")
+        self._check_open("buffer")
+        if name in self._senders:
+            self._senders[name].reusable()
         buf = self._buffers.get(name)
         if buf is None:
             buf = np.zeros((spec.levels,) + self.box.shape, dtype=spec.dtype)

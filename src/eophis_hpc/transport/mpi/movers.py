@@ -59,6 +59,11 @@ class Sender(_Mover):
             self._wait()
             self.path.sent()
 
+    def reusable(self) -> None:
+        """Return once the memory of the last send may be written again."""
+        self.wait()
+        self.path.reusable()
+
     def close(self) -> None:
         self.wait()
         self.path.close()

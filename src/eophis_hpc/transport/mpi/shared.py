@@ -244,6 +244,13 @@ class Shared(Strategy):
         if self.far is not None:
             self.far.sent()
 
+    def reusable(self):
+        """The peers that read this rank's segment (a put of a ``Coupler.buffer``) have read it:
+        they say READY for the next transfer only after that."""
+        if self.local:
+            self._wait(self.ready, f"waiting until the {self.move.peer_label} has read the "
+                       "last data")
+
     # ------------------------------------------------------------------ receiving
     def post_recv(self, target, offset):
         self.move.fill(target, offset)

@@ -108,6 +108,10 @@ class Strategy:
     def sent(self) -> None:
         """The requests of the last :meth:`start_send` completed."""
 
+    def reusable(self) -> None:
+        """Return once the caller may write the memory of the last :meth:`start_send` again
+        (after the mover completed its requests): peers that read it late have read it."""
+
     def post_recv(self, target, offset: tuple[int, int]) -> list:
         """Post the receives (``target`` may be needed now); the requests."""
         raise NotImplementedError
