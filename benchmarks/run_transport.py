@@ -45,7 +45,9 @@ CASES = {  # name: (grid, levels, P, Q, halo, steps)
     "1:1 nz75": ("eORCA05", 75, 1, 1, 10, 6),
     "1:1 eORCA025 nz75": ("eORCA025", 75, 1, 1, 10, 4),
 }
-STRATEGIES = ("datatype", "packed", "shm", "shm+buffers", "pipelined", "shm-unstaged")
+STRATEGIES = ("datatype", "packed", "shm", "shm+buffers", "pipelined", "shm-unstaged",
+              "shm-onebatch")
+# shm-onebatch: shm with Tunnel(pipeline=False), one set of input batches on the workers
 # shm-unstaged: shm with one staging step (the worker stages its whole output, then the model
 # ranks read it): the A/B of the staged reads, in the same run
 UNSTAGED = {"EOPHIS_HPC_SHM_STAGE": str(1 << 40)}
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     libs = [library(s) for s in args.lib]
     cases = args.case or ["1:1"]
-    strategies = args.strategy or list(STRATEGIES[:-1])
+    strategies = args.strategy or list(STRATEGIES[:-2])
     out = Path(args.out).resolve()
     results: dict = {}
     jobs = []
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
                 cfg = {"grid": grid, "levels": levels, "dtype": "float64", "halo": halo,
                        "P": p, "Q": q, "strategy": name, "warmup": 3, "steps": steps,
                        "naive": False, "buffers": strategy.endswith("buffers"),
-                       "chunk": args.chunk}
+                       "chunk": args.chunk, "pipeline": "onebatch" not in strategy}
                 rec, others, err = run(lib, "eophis_hpc.bench.roundtrip", cfg, out, ident,
                                        (p, q), extra_env=UNSTAGED if "unstaged" in strategy
                                        else None)

@@ -8,8 +8,9 @@ and ``eophis-hpc tune``)::
 
 Options of CONFIG besides the field (grid, levels, dtype, halo, P, Q, warmup, steps, out):
 ``strategy``, ``backend``, ``tiles`` (total tiles), ``naive`` (false skips path (c)),
-``buffers`` (true: the model puts from and gets into ``cpl.buffer`` arrays) and ``chunk``
-(bytes per message of the ``pipelined`` strategy).
+``buffers`` (true: the model puts from and gets into ``cpl.buffer`` arrays), ``chunk``
+(bytes per message of the ``pipelined`` strategy) and ``pipeline`` (false: the workers keep one
+set of input batches, ``Tunnel(pipeline=False)``).
 
 Per round trip (one field ``u`` of ``levels`` x the model's box, out and back):
 
@@ -308,7 +309,8 @@ def worker_main(cfg, world, comm) -> None:
     tunnel = eh.Tunnel(g, halo=h, exchanges=[eh.Exchange(inputs=["u"], outputs=["fu"], levels=nz,
                                                          dtype=cfg["dtype"])],
                        strategy=cfg["strategy"], backend=cfg.get("backend"),
-                       tiles=cfg.get("tiles"), verbose=False, pipeline_chunk=cfg.get("chunk"))
+                       tiles=cfg.get("tiles"), verbose=False, pipeline_chunk=cfg.get("chunk"),
+                       pipeline=cfg.get("pipeline", True))
     calls = {"n": 0}
     lv = check_levels(nz)
 
