@@ -134,14 +134,15 @@ def test_rows_read_as_they_are_staged(case, nz, dtype, stage, seed):
                 b = layout.dst.boxes[d]
                 full[k][:, :b.j1 - b.j0, :b.i1 - b.i0] = glb[:, b.j0:b.j1, b.i0:b.i1]
             seg = np.full_like(full, np.nan)
-            flat_full, flat_seg = full.reshape(-1, full.shape[-1]), seg.reshape(-1, seg.shape[-1])
+            flat_full = full.reshape(-1, full.shape[-1])
+            flat_seg = seg.reshape(-1, seg.shape[-1])
             step = shm.stage_rows(seg.shape, item)
             routes = layout.worker_send_routes(g.point, w)
             todo = {}
             for wr in routes:
                 mr = next(r for r in layout.model_recv_routes(g.point, wr.peer) if r.peer == w)
-                todo[wr.peer] = [shm.read_pieces(block_table(wr), seg.shape, block_table(mr),
-                                                 item), 0]
+                todo[wr.peer] = [shm.read_pieces(block_table(wr), seg.shape,
+                                                 block_table(mr), item), 0]
             rows, prev = flat_seg.shape[0], 0
             for done in list(range(step, rows, step)) + [rows]:
                 flat_seg[prev:done] = flat_full[prev:done]

@@ -129,8 +129,8 @@ class Node:
             self.comm = None
 
 
-def _rows_of(layout, link, spec) -> int:
-    """Tiles per buffer of this rank's segment for ``spec``."""
+def _rows_of(layout, link) -> int:
+    """Tiles per buffer of this rank's segments."""
     return 1 if link.role == ROLES[0] else len(layout.tiles_of[link.rank])
 
 
@@ -153,8 +153,9 @@ def share_fields(node: Node, layout, schedule, mine: dict) -> dict:
         shape = mine.get(spec.name)
         nbytes = int(np.prod(shape)) * dtype.itemsize if shape is not None else 0
         win = node.window(nbytes, dtype.itemsize)
+        slots = shape[0] // _rows_of(layout, link) if nbytes else 1
         shared = SharedField(win, node.segment(win, None, shape, dtype) if nbytes else None,
-                             slots=shape[0] // max(1, _rows_of(layout, link, spec)) if nbytes else 1)
+                             slots=slots)
         for peer in sorted(node.node_rank) if nbytes else ():  # no segment: MPI for this field
             if is_model:
                 w, s = peer, me
