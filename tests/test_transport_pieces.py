@@ -95,7 +95,8 @@ def test_direct_block_copies_go_there_and_back(case, nz, dtype, sign, seed):
     batches = [np.zeros((len(layout.tiles_of[w]), nz) + layout.batch_shape, dtype=dtype)
                for w in range(layout.n_workers)]
     for s, w, mr, wr in _pairs(layout, g.point):  # put: model box -> worker batch, one copy
-        copy_blocks(pieces[s][None], block_table(mr), (0, 0), batches[w], block_table(wr), (0, 0), sign)
+        copy_blocks(pieces[s][None], block_table(mr), (0, 0), batches[w], block_table(wr),
+                    (0, 0), sign)
     plan = layout.plan(g.point)
     h = layout.halo
     for w, batch in enumerate(batches):
@@ -107,7 +108,8 @@ def test_direct_block_copies_go_there_and_back(case, nz, dtype, sign, seed):
     for w in range(layout.n_workers):
         for wr in layout.worker_send_routes(g.point, w):
             mr = next(r for r in layout.model_recv_routes(g.point, wr.peer) if r.peer == w)
-            copy_blocks(batches[w], block_table(wr), (h, h), back[wr.peer], block_table(mr), (0, 0), 1.0)
+            copy_blocks(batches[w], block_table(wr), (h, h), back[wr.peer], block_table(mr),
+                        (0, 0), 1.0)
     for s, piece in enumerate(pieces):
         np.testing.assert_array_equal(back[s][0], piece, err_msg=f"model box {s}")
 
