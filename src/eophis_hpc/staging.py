@@ -62,6 +62,7 @@ class Group:
     levels: int
     dtype: np.dtype
     static: bool
+    lagged: bool = False
 
     @property
     def channels(self) -> int:
@@ -76,18 +77,19 @@ class Feed:
     ``chunks`` the number of model calls per batch; ``stack`` the tunnel's default for
     exchanges that do not set it; ``land`` the static field whose all-zero tiles are left out.
 
-    ``pipeline``: every time-dependent batch has a second receive buffer, so the receives of an
-    exchange's next occurrence can be posted (:meth:`recv_target` with ``ahead=True``) before
-    the model runs on this one; :meth:`flip` swaps the two after the call. Both are made once.
+    ``pipeline``: time-dependent batches with a second receive buffer (True: all of them;
+    None: those of lagged exchanges; False: none), so the receives of an exchange's next
+    occurrence can be posted (:meth:`recv_target` with ``ahead=True``) before the model runs on
+    this one; :meth:`flip` swaps the two after the call. Both are made once.
     """
 
     def __init__(self, schedule, tiles, boxes, hw, halo: int, dtype, policy: device.Policy,
                  chunks: int, stack, land: str | None, fill: float, timings,
-                 pipeline: bool = False):
+                 pipeline: bool | None = False):
         self.schedule, self.tiles, self.boxes = schedule, list(tiles), list(boxes)
         self.hw, self.halo, self.fill = tuple(hw), halo, fill
         self.policy, self.chunks, self.land, self.timings = policy, chunks, land, timings
-        self.pipeline = bool(pipeline)
+        self.pipeline = pipeline  # True: every time-dependent batch; None: the lagged ones
         self.ahead: dict = {}  # keyword -> the second receive buffer (pipeline)
         self.ad = device.adapter(policy)
         self.groups: dict[str, Group] = {}
@@ -101,10 +103,11 @@ class Feed:
             if name is not None:
                 if name in schedule.fields and name not in ex.inputs:
                     raise ValueError(f"stack: keyword {name!r} is already a field name")
-                self._add(Group(name, list(ex.inputs), ex.levels, gdtype, ex.static))
+                self._add(Group(name, list(ex.inputs), ex.levels, gdtype, ex.static,
+                                ex.lag > 0))
             else:
                 for f in ex.inputs:
-                    self._add(Group(f, [f], ex.levels, gdtype, ex.static))
+                    self._add(Group(f, [f], ex.levels, gdtype, ex.static, ex.lag > 0))
         if policy.framework == "jax" and not self.ad.jax.config.jax_enable_x64 and any(
                 g.dtype == np.float64 for g in self.groups.values()):
             raise ValueError("framework='jax': float64 batches need "
@@ -139,7 +142,8 @@ class Feed:
             self.host[g.keyword] = self.ad.host_empty(shape, g.dtype, pinned=self.policy.pinned)
         if mode == "direct" or (mode == "staged" and self.policy.framework != "jax"):
             self.dev[g.keyword] = self.ad.device_empty(shape, g.dtype)
-        if self.pipeline and not g.static:  # the receive side only: device copies are per call
+        second = self.pipeline or (self.pipeline is None and g.lagged)
+        if second and not g.static:  # the receive side only: device copies are per call
             self.ahead[g.keyword] = (self.ad.device_empty(shape, g.dtype) if mode == "direct" else
                                      self.ad.host_empty(shape, g.dtype, pinned=self.policy.pinned))
 

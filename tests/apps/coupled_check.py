@@ -171,7 +171,7 @@ def run_worker(cfg) -> None:
     tunnel = eh.Tunnel(g, halo=h, exchanges=exchanges(cfg), tiles=cfg.get("tiles"), dt=cfg.get("dt"),
                        check_finite=cfg.get("check_finite", False),
                        strategy=cfg["strategy"], backend=cfg.get("backend"), verbose=False,
-                       pipeline=cfg.get("pipeline", True),
+                       pipeline=cfg.get("pipeline"),
                        pipeline_chunk=cfg.get("pipeline_chunk"))
     seen = {"calls": 0}
 
