@@ -5,9 +5,9 @@ float64, halo 0) it alternates two MPMD jobs on the MPI library of the Fortran w
 workers' mpi4py pointed at it, so both jobs use the same MPI):
 
 - Fortran: ``benchmarks/fortran/roundtrip.F90`` (the Fortran client, then raw MPI from Fortran);
-- Python: ``eophis_hpc.bench.roundtrip`` model side (the Python client, then raw mpi4py);
+- Python: ``eophis_hpc.measure.roundtrip`` model side (the Python client, then raw mpi4py);
 
-with the same worker program (``eophis_hpc.bench.roundtrip`` worker side, datatype strategy,
+with the same worker program (``eophis_hpc.measure.roundtrip`` worker side, datatype strategy,
 identity model). Each job reports the median over its timed steps of the per-step maximum over
 model ranks; the table gives the median over ``--repeat`` jobs and the ratios to each job's own
 raw-MPI figure (same bytes, same ranks, same job).
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     mpiexec = str(fortran.mpiexec_of(args.wrapper))
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                **fortran.worker_env(fortran.libmpi_of(args.wrapper), shim_root=out / "libmpi"))
-    worker = [sys.executable, "-m", "eophis_hpc.bench.roundtrip", "worker"]
+    worker = [sys.executable, "-m", "eophis_hpc.measure.roundtrip", "worker"]
     rows = []
     cfgs = configs(args.quick)
     for n, cfg in enumerate(cfgs):
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
             rec_p = out / f"record-{tag}-python-{rep}.json"
             cfg_json.write_text(json.dumps(dict(cfg, out=str(rec_p))))
             run_job([mpiexec, "-n", str(cfg["P"]), sys.executable, "-m",
-                     "eophis_hpc.bench.roundtrip", "model", str(cfg_json), ":", "-n",
+                     "eophis_hpc.measure.roundtrip", "model", str(cfg_json), ":", "-n",
                      str(cfg["Q"]), *worker, str(cfg_json)], env, out, 300)
             p = json.loads(rec_p.read_text())["paths"]
             runs["python"].append(p["eophis"]["median"])

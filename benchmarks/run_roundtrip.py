@@ -1,4 +1,4 @@
-"""Driver of the MPI round-trip benchmark (issue 3): launches ``eophis_hpc.bench.roundtrip`` for each
+"""Driver of the MPI round-trip benchmark (issue 3): launches ``eophis_hpc.measure.roundtrip`` for each
 configuration as an MPMD job with this Python's own ``mpiexec``, collects the records, writes a
 pytest-benchmark-compatible JSON file and prints the table of medians and ratios.
 

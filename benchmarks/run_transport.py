@@ -6,7 +6,7 @@ rotating order, so a slow spell of the shared machine hits all of them):
 
 - the MPI probe (``eophis_hpc.bench.mpiprobe``): contiguous, subarray and struct-of-subarray
   round trips between two ranks;
-- the round trip (``eophis_hpc.bench.roundtrip``, naive path off) of each configuration and
+- the round trip (``eophis_hpc.measure.roundtrip``, naive path off) of each configuration and
   strategy, with the raw-MPI baseline of the same job.
 
 Figures are medians over the rounds of each job's own median, the ratio the median of the
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
                        "P": p, "Q": q, "strategy": name, "warmup": 3, "steps": steps,
                        "naive": False, "buffers": strategy.endswith("buffers"),
                        "chunk": args.chunk, "pipeline": "onebatch" not in strategy}
-                rec, others, err = run(lib, "eophis_hpc.bench.roundtrip", cfg, out, ident,
+                rec, others, err = run(lib, "eophis_hpc.measure.roundtrip", cfg, out, ident,
                                        (p, q), extra_env=UNSTAGED if "unstaged" in strategy
                                        else None)
                 key = (lib["name"], case, strategy)

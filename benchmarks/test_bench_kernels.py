@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 import eophis_hpc as eh
-from eophis_hpc.bench.copyjobs import CopyJob, make_pack_job, make_unpack_job
+from eophis_hpc.measure.copyjobs import CopyJob, make_pack_job, make_unpack_job
 
 BACKENDS = ("cython", "numba", "numpy")
 METHODS = ("copyto", "fancy") + BACKENDS

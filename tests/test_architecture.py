@@ -25,6 +25,7 @@ LAYERS = {
     "halo": 7, "compat": 7, "fortran": 7, "launch": 7, "script": 7, "_ext": 4,
     "cli": 8, "cli_args": 8, "tune": 8, "bench": 8, "demo": 8, "info": 8, "__init__": 8,
     "gpucheck": 8,
+    "sizing": 3, "sizing.calibrate": 8, "sizing.validate": 8, "sizing.cli": 8, "measure": 8,
 }
 BENCH_USERS = ("cli", "bench")
 ALLOWED = {"os._exit"}  # the standard library's own underscore names

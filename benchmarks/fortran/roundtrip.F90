@@ -1,4 +1,4 @@
-! Model side, in Fortran, of eophis_hpc.bench.roundtrip (paths (a) and (b); the Python workers
+! Model side, in Fortran, of eophis_hpc.measure.roundtrip (paths (a) and (b); the Python workers
 ! run that module's worker side unchanged, with naive=false):
 !   (a) eophis: eh_put('u') then eh_get('fu') through the Fortran client, identity model;
 !   (b) raw: the box to worker rank % Q over MPI_COMM_WORLD and the same bytes back.
@@ -51,7 +51,7 @@ program roundtrip
    end if
    j0 = boxes(1, rank + 1); j1 = boxes(2, rank + 1); i0 = boxes(3, rank + 1); i1 = boxes(4, rank + 1)
    allocate (arr(i1 - i0, j1 - j0, nz), back(i1 - i0, j1 - j0, nz))
-   do k = 1, nz                        ! eophis_hpc.bench.roundtrip.field_box, bit for bit
+   do k = 1, nz                        ! eophis_hpc.measure.roundtrip.field_box, bit for bit
       do j = 1, j1 - j0
          do i = 1, i1 - i0
             arr(i, j, k) = real(real(mod(int(j0 + j - 1, int64)*nx + (i0 + i - 1), 65521_int64), &

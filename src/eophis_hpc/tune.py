@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config, kernels
-from .bench import copyjobs
 from .decomposition import Decomposition
 from .grid import Grid
+from .measure import copyjobs
 from .plan import Plan
 from .transport.mpi.strategies import STRATEGIES
 from .transport.mpi.strategies import names as strategy_names
@@ -254,8 +254,8 @@ def tune(problem: Problem, budget: float, out: Path, run_job, dry_run: bool = Fa
 
 def probe_job(workdir: Path, steps: int = 12, warmup: int = 3):
     """A ``run_job`` for :func:`tune` that measures one candidate with the round-trip probe
-    (``eophis_hpc.bench.roundtrip``, naive path off): median round trip and raw-MPI baseline."""
-    from .bench import runner
+    (``eophis_hpc.measure.roundtrip``, naive path off): median round trip and raw-MPI baseline."""
+    from .measure import jobs
 
     counter = itertools.count()
 
@@ -268,7 +268,7 @@ def probe_job(workdir: Path, steps: int = 12, warmup: int = 3):
                "strategy": c.strategy, "backend": c.backend,
                "tiles": c.tiles_per_worker * problem.workers, "warmup": warmup, "steps": steps,
                "naive": False, "chunk": c.chunk}
-        record, err = runner.run_job(cfg, workdir, time_left, f"tune-{next(counter)}")
+        record, err = jobs.run_roundtrip(cfg, workdir, time_left, f"tune-{next(counter)}")
         if record is None:
             if err.startswith("timed out"):
                 raise TimeoutError

@@ -33,7 +33,7 @@ from ..errors import release_exit_guard
 from ..grid import Grid
 from ..protocol.layout import Layout
 from ..transport.mpi.datatypes import TypeCache
-from .roundtrip import mpi, watchdog
+from ..measure.roundtrip import mpi, watchdog
 
 TAG = 9301
 KINDS = ("contiguous", "inter", "subarray", "struct")

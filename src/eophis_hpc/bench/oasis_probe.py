@@ -11,7 +11,7 @@ order rotates from pass to pass, so a drift of the machine's load is spread over
   the tile's box out), so the OASIS share of the next path is known;
 - ``eophis_oasis``: the same model component against eophis_hpc's OASIS transport (halo,
   reorder, identity model, send back);
-- ``eophis_mpi``: eophis_hpc over MPI (``eophis_hpc.bench.roundtrip``, packed strategy, no naive
+- ``eophis_mpi``: eophis_hpc over MPI (``eophis_hpc.measure.roundtrip``, packed strategy, no naive
   path), with the raw MPI exchange of the same boxes measured in the same job.
 
 Figures: the median round trip of each path (pooled over the passes) and the ratios between them.
@@ -27,7 +27,8 @@ from pathlib import Path
 
 from ..grid import Grid
 from ..launch import find_mpiexec
-from . import records, runner
+from ..measure import jobs as measure_jobs
+from . import records
 
 PATHS = ("pyoasis", "pyoasis_halo", "eophis_oasis", "eophis_mpi")
 LABELS = {"pyoasis": "pyoasis alone", "pyoasis_halo": "pyoasis alone, halo partitions",
@@ -71,7 +72,7 @@ def _oasis_job(c: dict, path: str, k: int, jobs: Path, timeout: float):
     prog = [sys.executable, "-m", "eophis_hpc.bench.oasis_roundtrip"]
     cmd = [find_mpiexec(), "-n", str(c["P"]), *prog, "model", str(cfg_path),
            ":", "-n", str(c["Q"]), *prog, "worker", str(cfg_path)]
-    rec, err = runner.launch(cmd, workdir, rec_path, timeout)
+    rec, err = measure_jobs.launch(cmd, workdir, rec_path, timeout)
     if rec is None:
         return None, err
     return {"samples": rec["samples"], "bytes": rec["bytes"]}, ""
@@ -81,7 +82,7 @@ def _mpi_job(c: dict, k: int, jobs: Path, timeout: float):
     cfg = records.make(c["grid"], c["levels"], c["dtype"], (c["P"], c["Q"]), c["halo"],
                        "packed")
     cfg.update(warmup=c["warmup"], steps=c["steps"], naive=False)
-    rec, err = runner.run_job(cfg, jobs, timeout, f"oasis-{cfg_id(c)}-eophis_mpi-pass{k + 1}")
+    rec, err = measure_jobs.run_roundtrip(cfg, jobs, timeout, f"oasis-{cfg_id(c)}-eophis_mpi-pass{k + 1}")
     if rec is None:
         return None, err
     return {"samples": rec["paths"]["eophis"]["samples"], "bytes": rec["bytes"]["eophis"],

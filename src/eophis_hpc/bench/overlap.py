@@ -154,9 +154,10 @@ def configurations(x_ms: float, nx: int, ny: int, levels: int, steps: int, warmu
 
 
 def run_job(cfg: dict, workdir: Path, timeout: float, ident: str) -> tuple[dict | None, str]:
-    """One configuration as an MPMD job of its own (``runner``'s launch and time limit)."""
+    """One configuration as an MPMD job of its own (the measurement API's launch and time
+    limit)."""
     from ..launch import find_mpiexec
-    from . import runner
+    from ..measure import jobs
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     rec_path, cfg_path = workdir / f"overlap-{ident}.json", workdir / f"overlap-cfg-{ident}.json"
@@ -166,7 +167,7 @@ def run_job(cfg: dict, workdir: Path, timeout: float, ident: str) -> tuple[dict 
     prog = [sys.executable, "-m", "eophis_hpc.bench.overlap"]
     cmd = [find_mpiexec(), "-n", "1", *prog, "model", str(cfg_path), ":", "-n", "1", *prog,
            "worker", str(cfg_path)]
-    return runner.launch(cmd, workdir, rec_path, timeout)
+    return jobs.launch(cmd, workdir, rec_path, timeout)
 
 
 def run_sweep(workdir: Path, timeout: float, x_ms: float = 20.0, nx: int = 256, ny: int = 256,
@@ -175,7 +176,7 @@ def run_sweep(workdir: Path, timeout: float, x_ms: float = 20.0, nx: int = 256, 
     """Every configuration of a sweep; returns ``(rows, failed)``; a row is the configuration
     with the median step, the median coupling time (put + get, waits included) and the
     samples, and the load other processes put on the machine during the job."""
-    from .runner import LoadProbe
+    from ..measure.jobs import LoadProbe
     rows, failed = [], []
     cfgs = configurations(x_ms, nx, ny, levels, steps, warmup, ratios)
     for n, cfg in enumerate(cfgs, 1):

@@ -25,7 +25,7 @@ DISTURBED_CORES = 0.25  # other processes above this during a job: the figure is
 
 # --------------------------------------------------------------------------- configurations
 def make(grid, levels, dtype, pq, halo, strategy) -> dict:
-    """A round-trip configuration (keys of ``eophis_hpc.bench.roundtrip``)."""
+    """A round-trip configuration (keys of ``eophis_hpc.measure.roundtrip``)."""
     return {"grid": grid, "levels": levels, "dtype": dtype, "halo": halo, "strategy": strategy,
             "P": pq[0], "Q": pq[1]}
 
@@ -223,7 +223,7 @@ def roundtrip_entries(records: list[dict]) -> list[dict]:
                 extra["passes"] = rec.get("passes")
                 extra["worker_phases"] = rec["worker_phases"]
                 extra["model_phases_median_s"] = rec["model_phases_median_s"]
-            out.append(entry(name, ident, f"eophis_hpc/bench/roundtrip.py::{name}",
+            out.append(entry(name, ident, f"eophis_hpc/measure/roundtrip.py::{name}",
                              {"config": ident, "path": path}, extra, p["samples"],
                              len(p["warmup_samples"])))
     return out

@@ -10,7 +10,7 @@ Sections (each figure is measured next to a baseline of the same bytes in the sa
 - ``plan``: plan build time on model-size decompositions, against the issue's targets;
 - ``mpi``: a raw MPI ping-pong between two ranks for the same byte counts as the kernels (the
   transport's line in the bandwidth plot);
-- ``roundtrip``: MPI round trips (``eophis_hpc.bench.roundtrip``, one MPMD job each):
+- ``roundtrip``: MPI round trips (``eophis_hpc.measure.roundtrip``, one MPMD job each):
   eophis_hpc vs raw MPI vs naive gather/pad/scatter in the same job;
 - ``staging``: the tunnel's host/device copies against a plain pinned copy (GPU only);
 - ``oasis``: pyoasis alone, eophis_hpc over OASIS and eophis_hpc over MPI, same field, ranks and
@@ -36,7 +36,8 @@ from pathlib import Path
 
 from . import oasis_probe, overlap, plots, records, runner
 from .modes import KERNEL_PLAN, MODES, Mode
-from .copyjobs import make_pack_job, make_unpack_job, sample_times
+from ..measure import jobs
+from ..measure.copyjobs import make_pack_job, make_unpack_job, sample_times
 
 SECTIONS = ("kernels", "plan", "mpi", "roundtrip", "staging", "oasis", "overlap")
 class OutputError(Exception):
@@ -159,7 +160,7 @@ class Bench:
         if not sizes:  # kernels not run: the sizes they would have used, roughly
             sizes = [int(s) for s in (1e5, 1e6, 1e7, 5e7)]
         t0 = time.perf_counter()
-        rec, err = runner.run_pingpong(sizes, self.out / "jobs", self.timeout)
+        rec, err = jobs.run_pingpong(sizes, self.out / "jobs", self.timeout)
         if rec is None:
             self.failed.append(("raw MPI ping-pong", err))
             self.log(f"[mpi] ping-pong FAILED: {err}")

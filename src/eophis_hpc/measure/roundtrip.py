@@ -3,8 +3,8 @@
 Usage (MPMD, model ranks first; used by ``benchmarks/run_roundtrip.py``, ``eophis-hpc bench``
 and ``eophis-hpc tune``)::
 
-    mpiexec -n P python -m eophis_hpc.bench.roundtrip model CONFIG.json \
-          : -n Q python -m eophis_hpc.bench.roundtrip worker CONFIG.json
+    mpiexec -n P python -m eophis_hpc.measure.roundtrip model CONFIG.json \
+          : -n Q python -m eophis_hpc.measure.roundtrip worker CONFIG.json
 
 Options of CONFIG besides the field (grid, levels, dtype, halo, P, Q, warmup, steps, out):
 ``strategy``, ``backend``, ``tiles`` (total tiles), ``naive`` (false skips path (c)),
@@ -365,7 +365,7 @@ def worker_main(cfg, world, comm) -> None:
 # --------------------------------------------------------------------------- entry point
 def main(argv) -> None:
     if len(argv) != 3 or argv[1] not in ("model", "worker"):
-        sys.exit("usage: python -m eophis_hpc.bench.roundtrip model|worker CONFIG.json")
+        sys.exit("usage: python -m eophis_hpc.measure.roundtrip model|worker CONFIG.json")
     with open(argv[2]) as fh:
         cfg = json.load(fh)
     MPI = mpi()

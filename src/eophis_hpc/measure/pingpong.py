@@ -1,0 +1,141 @@
+"""Raw MPI between two ranks: one-way time for given message sizes (the raw-MPI line of
+``eophis-hpc bench``'s bandwidth plot), the same through a strided derived datatype, and the
+cost of one small message (the cost model's calibration).
+
+Usage: ``mpiexec -n 2 python -m eophis_hpc.measure.pingpong CONFIG.json`` with CONFIG keys
+``sizes`` (bytes), ``out`` (the JSON record rank 0 writes), optional ``min_rounds`` (5),
+``max_time`` (seconds per size, 0.2), ``time_limit`` (watchdog, 600 s), ``strided`` (false; true
+adds ``strided_one_way_median_s``: the same bytes as rows of ``row_bytes`` (8192) in rows
+``row_pad`` (640) bytes longer, a subarray datatype at both ends) and ``messages`` (0; N > 0
+adds ``message_overhead_s``: N 8-byte messages each way, posted together, per message and end).
+
+Per size: rank 0 ``Send``s a buffer that rank 1 ``Recv``s and sends back; one round trip after a
+warm-up one is timed on rank 0, repeated at least ``min_rounds`` times and for about
+``max_time`` seconds; the one-way time is half the median round trip. The returned bytes are
+checked against those sent.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from ..errors import release_exit_guard
+from .roundtrip import mpi, watchdog
+
+TAG = 9201
+
+
+def _loop(comm, send, recv, min_rounds: int, max_time: float) -> list[float]:
+    """Round trips of ``send`` (rank 0) / ``recv`` (both) until rank 0 has enough samples."""
+    samples: list[float] = []
+    go = np.ones(1, dtype=np.int8)
+    while True:
+        comm.Bcast(go, root=0)  # rank 0 decides when to stop
+        if not go[0]:
+            break
+        if comm.rank == 0:
+            t0 = time.perf_counter()
+            comm.Send(send, dest=1, tag=TAG)
+            comm.Recv(recv, source=1, tag=TAG)
+            samples.append(time.perf_counter() - t0)
+            enough = len(samples) > min_rounds  # the first is the warm-up
+            go[0] = not (enough and (sum(samples[1:]) > max_time or len(samples) > 10000))
+        else:
+            comm.Recv(recv, source=0, tag=TAG)
+            comm.Send(recv, dest=0, tag=TAG)
+    return samples[1:]
+
+
+def measure(comm, nbytes: int, min_rounds: int, max_time: float) -> list[float]:
+    """Round-trip seconds of ``nbytes`` between ranks 0 and 1 (on rank 0; [] on rank 1)."""
+    buf = np.full(nbytes, 7, dtype=np.uint8)
+    back = np.zeros(nbytes, dtype=np.uint8)
+    samples = _loop(comm, buf, back, min_rounds, max_time)
+    if comm.rank == 0 and not np.array_equal(back, buf):
+        raise RuntimeError(f"ping-pong of {nbytes} bytes: different bytes came back")
+    return samples
+
+
+def measure_strided(comm, nbytes: int, row: int, pad: int, min_rounds: int,
+                    max_time: float) -> list[float]:
+    """As :func:`measure`, the bytes as rows of ``row`` bytes in an array of rows ``row + pad``
+    bytes long, described by a subarray datatype at both ends."""
+    MPI = mpi()
+    rows = max(1, nbytes // row)
+    shape = [rows, row + pad]
+    dt = MPI.BYTE.Create_subarray(shape, [rows, row], [0, 0]).Commit()
+    buf = np.full(shape, 7, dtype=np.uint8)
+    back = np.zeros(shape, dtype=np.uint8)
+    try:
+        samples = _loop(comm, [buf, 1, dt], [back, 1, dt], min_rounds, max_time)
+    finally:
+        dt.Free()
+    if comm.rank == 0 and not np.array_equal(back[:, :row], buf[:, :row]):
+        raise RuntimeError(f"strided ping-pong of {nbytes} bytes: different bytes came back")
+    return samples
+
+
+def message_overhead(comm, n: int, rounds: int = 30) -> float:
+    """Seconds per small message and end: ``n`` 8-byte messages each way, all posted, then one
+    Waitall (median over ``rounds``; on both ranks)."""
+    MPI = mpi()
+    peer = 1 - comm.rank
+    out = np.zeros((n, 1), dtype=np.float64)
+    inn = np.zeros((n, 1), dtype=np.float64)
+    times = []
+    for _ in range(rounds + 1):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        reqs = [comm.Irecv(inn[k], source=peer, tag=TAG + 1) for k in range(n)]
+        reqs += [comm.Isend(out[k], dest=peer, tag=TAG + 1) for k in range(n)]
+        MPI.Request.Waitall(reqs)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:])) / (2 * n)
+
+
+def main(argv) -> None:
+    if len(argv) != 2:
+        sys.exit("usage: mpiexec -n 2 python -m eophis_hpc.measure.pingpong CONFIG.json")
+    with open(argv[1]) as fh:
+        cfg = json.load(fh)
+    release_exit_guard()  # raw MPI only: this program never couples, by design
+    world = mpi().COMM_WORLD
+    dog = watchdog(float(cfg.get("time_limit", 600)), world)
+    try:
+        if world.size != 2:
+            raise RuntimeError(f"launched with {world.size} ranks, the ping-pong needs 2")
+        out = {"sizes": [], "one_way_samples": [], "one_way_median_s": []}
+        rounds, max_time = int(cfg.get("min_rounds", 5)), float(cfg.get("max_time", 0.2))
+        for nbytes in cfg["sizes"]:
+            samples = measure(world, int(nbytes), rounds, max_time)
+            if world.rank == 0:
+                one_way = [s / 2 for s in samples]
+                out["sizes"].append(int(nbytes))
+                out["one_way_samples"].append(one_way)
+                out["one_way_median_s"].append(float(np.median(one_way)))
+        if cfg.get("strided"):
+            row, pad = int(cfg.get("row_bytes", 8192)), int(cfg.get("row_pad", 640))
+            out["strided_row_bytes"], out["strided_row_pad"] = row, pad
+            out["strided_one_way_median_s"] = []
+            for nbytes in cfg["sizes"]:
+                samples = measure_strided(world, int(nbytes), row, pad, rounds, max_time)
+                if world.rank == 0:
+                    out["strided_one_way_median_s"].append(float(np.median(samples)) / 2)
+        if int(cfg.get("messages", 0)) > 0:
+            out["message_overhead_s"] = message_overhead(world, int(cfg["messages"]))
+        if world.rank == 0:
+            with open(cfg["out"], "w") as fh:
+                json.dump(out, fh)
+    except BaseException:
+        print(f"pingpong: rank {world.rank}:\n{traceback.format_exc()}", file=sys.stderr,
+              flush=True)
+        world.Abort(1)
+    dog.cancel()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
