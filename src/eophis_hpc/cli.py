@@ -1,4 +1,4 @@
-"""Command line: ``eophis-hpc demo | run | tune | bench | info | fortran | gpu-check``."""
+"""Command line: ``eophis-hpc demo | run | tune | bench | plan | info | fortran | gpu-check``."""
 from __future__ import annotations
 
 import argparse
@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds per MPI job before it is killed (default 300)")
     bench.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # the tests' run
 
+    from .sizing.cli import add_parser as add_plan_parser
+    add_plan_parser(sub)
+
     info = sub.add_parser("info", help="versions, MPI library, kernel backends, frameworks")
     info.add_argument("--probe", action="store_true",
                       help="also measure what the MPI library does with contiguous, subarray and "
@@ -125,6 +128,9 @@ def main(argv=None) -> int:
     if args.command == "bench":
         from .bench.report import main as bench_main
         return bench_main(args)
+    if args.command == "plan":
+        from .sizing.cli import main as plan_main
+        return plan_main(args)
     if args.command == "info":
         from .info import report
         print(report())

@@ -1,0 +1,138 @@
+"""The cost model's figures measured on this machine (``eophis-hpc plan --calibrate``).
+
+- two-rank MPI ping-pongs (:mod:`eophis_hpc.measure.pingpong`): latency (8 bytes), on-node
+  bandwidth by message size (64 KiB to 256 MiB, contiguous), datatype bandwidth by size (the
+  same bytes through a strided subarray at both ends), the cost of one small message;
+- the pack and unpack kernels on a plan's busiest rank (:mod:`eophis_hpc.measure.copyjobs`):
+  copy bandwidth by size (1 to 64 levels);
+- a tiny coupled round trip (:mod:`eophis_hpc.measure.roundtrip`, 62x199, one level, 1:1): what
+  is left once its transfers are predicted is the fixed cost of an exchange.
+
+One node cannot measure a network: the network figures are the on-node ones (the file says so)
+and the node's memory bandwidth is cores x the largest copy's; edit them for a cluster.
+
+Each figure is a median over rounds within a job, and the fastest of ``repeats`` jobs: on a
+shared machine the fastest job is the least disturbed one (on a dedicated machine the jobs
+agree). The tiny round trip's fixed cost is the fastest job's, less its predicted transfers.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .machine import Machine
+
+SIZES = [64 << 10, 512 << 10, 2 << 20, 8 << 20, 32 << 20, 256 << 20]  # bytes, the tables
+SMALL = 8
+COPY_LEVELS = (1, 4, 16, 64)
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(f"calibrate: {text}", file=sys.stderr, flush=True)
+
+
+def pingpong_figures(records: list[dict]) -> dict:
+    """Latency, bandwidth tables by message size (contiguous and strided) and the cost of one
+    message, from ping-pong records (each a median over rounds; the fastest record)."""
+    lat = min(r["one_way_median_s"][r["sizes"].index(SMALL)] for r in records)
+    tables = {}
+    for name, key in (("onnode_bandwidth", "one_way_median_s"),
+                      ("datatype_bandwidth", "strided_one_way_median_s")):
+        rows = []
+        for size in SIZES:  # effective bandwidth: the latency is in the time (the model adds
+            times = [r[key][r["sizes"].index(size)] for r in records]  # it once per direction)
+            rows.append([size, size / min(times)])
+        tables[name] = rows
+    return {"latency_s": lat, **tables,
+            "message_overhead_s": min(r["message_overhead_s"] for r in records)}
+
+
+def copy_bandwidth(repeats: int = 3) -> list:
+    """Bandwidth table of the default kernel backend's pack and unpack by size: the busiest
+    model box and tile of eORCA05, 2 boxes -> 1 tile, halo 10, 1 to 64 levels (repeated on the
+    same arrays: what fits in the caches stays there, as a model rank's box does between
+    steps)."""
+    from .. import kernels
+    from ..decomposition import Decomposition
+    from ..grid import Grid
+    from ..measure import copyjobs
+    from ..plan import Plan
+    g = Grid.preset("eORCA05")
+    plan = Plan(g, Decomposition.auto(g, 2), Decomposition.auto(g, 1), halo=10)
+    backend = kernels.get(None).name
+    rows = []
+    for nz in COPY_LEVELS:  # one entry per level count: the pack's and unpack's mean
+        sizes, rates = [], []
+        for make in (copyjobs.make_pack_job, copyjobs.make_unpack_job):
+            job = make(plan, nz, np.float64)
+            job.check(backend)
+            secs = [copyjobs.median_time(job.call(backend), max_time=0.2)
+                    for _ in range(repeats)]
+            sizes.append(job.nbytes)
+            rates.append(job.nbytes / min(secs))
+            del job
+        rows.append([statistics.mean(sizes), statistics.mean(rates)])
+    return rows
+
+
+QUIET = {"max_wait": 20.0, "cores": 0.5}  # before each job: wait for other processes to leave
+
+
+def exchange_overhead(machine: Machine, workdir: Path, repeats: int) -> float:
+    """The fixed seconds of a round trip: a tiny one measured, less its predicted transfers."""
+    from ..measure import jobs
+    from .validate import predict_roundtrip
+    cfg = {"grid": "DINO", "levels": 1, "dtype": "float64", "halo": 0, "P": 1, "Q": 1,
+           "strategy": "datatype", "backend": None, "tiles": 1, "warmup": 5, "steps": 60,
+           "naive": False}
+    got = []
+    for k in range(repeats):
+        jobs.wait_quiet(QUIET["max_wait"], QUIET["cores"])
+        rec, err = jobs.run_roundtrip(cfg, workdir, 120, f"calibrate-{k}")
+        if rec is None:
+            raise RuntimeError(f"tiny round trip failed: {err.splitlines()[0] if err else ''}")
+        got.append(rec["paths"]["eophis"]["median"])
+    measured = min(got)
+    predicted = predict_roundtrip(replace(machine, exchange_overhead_s=0.0), cfg)
+    return max(0.0, measured - predicted)
+
+
+def calibrate(repeats: int = 3, progress: bool = True, workdir: Path | None = None) -> Machine:
+    """Measure this machine; raises RuntimeError when an MPI job fails."""
+    from ..measure import jobs
+    with tempfile.TemporaryDirectory(prefix="eophis-calibrate-") as tmp:
+        wd = Path(workdir or tmp)
+        recs = []
+        for k in range(repeats):
+            _say(progress, f"ping-pong {k + 1}/{repeats}")
+            jobs.wait_quiet(QUIET["max_wait"], QUIET["cores"])  # a shared machine
+            rec, err = jobs.run_pingpong([SMALL] + SIZES, wd, 300, strided=True, messages=64)
+            if rec is None:
+                raise RuntimeError(f"ping-pong failed: {err.splitlines()[0] if err else ''}")
+            recs.append(rec)
+        pp = pingpong_figures(recs)
+        _say(progress, "pack and unpack kernels")
+        jobs.wait_quiet(QUIET["max_wait"], QUIET["cores"])
+        copy = copy_bandwidth(repeats)
+        cores = os.cpu_count() or 1
+        largest = pp["onnode_bandwidth"][-1][1]  # out of cache
+        machine = Machine(
+            name=f"this machine ({os.uname().nodename})", cores_per_node=cores,
+            latency_s=pp["latency_s"], network_latency_s=pp["latency_s"],
+            onnode_bandwidth=pp["onnode_bandwidth"], network_bandwidth=pp["onnode_bandwidth"],
+            nic_bandwidth=largest, node_memory_bandwidth=copy[-1][1] * cores,
+            copy_bandwidth=copy, datatype_bandwidth=pp["datatype_bandwidth"],
+            message_overhead_s=pp["message_overhead_s"], exchange_overhead_s=0.0,
+            source=(f"measured by eophis-hpc plan --calibrate, the fastest of {repeats} runs; "
+                    "one node: the network figures are the on-node ones and the node's memory "
+                    "bandwidth is cores x one rank's largest copy (an upper bound)"))
+        _say(progress, "tiny round trip (fixed cost of an exchange)")
+        over = exchange_overhead(machine, wd, repeats)
+    return replace(machine, exchange_overhead_s=over)

@@ -1,0 +1,62 @@
+"""Memory of one worker and one model rank (pure estimates, bytes).
+
+Counted: the batches the model reads and writes (inputs with the halo, outputs with it, the
+worst case), the packed strategy's persistent buffers, the committed MPI datatypes of the
+datatype strategy, the layout every rank builds (plan tables and boxes), and the Python runtime
+(interpreter, NumPy, mpi4py, the kernels). Not counted: the ML framework and its model, and MPI's
+own buffers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..plan import Plan
+from .traffic import Traffic
+
+RUNTIME_BYTES = 110 * 2**20  # Python + NumPy + mpi4py + eophis_hpc + Numba, measured RSS
+DATATYPE_BYTES_PER_RUN = 512  # a committed subarray/hvector in the MPI library (estimate)
+PAIR_BYTES = 250  # a (src, dst) -> slice entry of the plan's Python dicts
+BOX_BYTES = 200  # a Box namedtuple in a Decomposition
+
+
+def layout_bytes(plan: Plan) -> int:
+    """The plan and decompositions every rank holds (one grid point type)."""
+    return int(plan.blocks.nbytes + plan.back_blocks.nbytes + plan.fills.nbytes
+               + plan.back_fills.nbytes + PAIR_BYTES * (len(plan.pairs) + len(plan.back_pairs))
+               + BOX_BYTES * (plan.n_src + plan.n_dst))
+
+
+def estimate(plan: Plan, t: Traffic, owner: np.ndarray, nz: int, itemsize: int,
+             fields_in: int, fields_out: int) -> dict:
+    """Bytes per worker (the largest) and per model rank (the largest), by item and strategy."""
+    tiles = np.bincount(owner, minlength=t.n_workers)
+    hh, ww = plan.tile_shape_of(0)
+    tile_bytes = nz * hh * ww * itemsize
+    batch_in = int(tiles.max()) * tile_bytes * fields_in
+    batch_out = int(tiles.max()) * tile_bytes * fields_out
+    _, w_recv = t.scatter.per_rank("receiver", t.n_workers)
+    _, w_send = t.gather.per_rank("sender", t.n_workers)
+    _, m_send = t.scatter.per_rank("sender", t.n_model)
+    _, m_recv = t.gather.per_rank("receiver", t.n_model)
+    w_buffers = float(np.max(w_recv * fields_in + w_send * fields_out))
+    m_buffers = float(np.max(m_send * fields_in + m_recv * fields_out))
+    # datatypes: one run per block, per field, at each end
+    w_runs = (np.bincount(t.scatter.receiver, weights=t.scatter.blocks, minlength=t.n_workers)
+              * fields_in + np.bincount(t.gather.sender, weights=t.gather.blocks,
+                                        minlength=t.n_workers) * fields_out)
+    m_runs = (np.bincount(t.scatter.sender, weights=t.scatter.blocks, minlength=t.n_model)
+              * fields_in + np.bincount(t.gather.receiver, weights=t.gather.blocks,
+                                        minlength=t.n_model) * fields_out)
+    lay = layout_bytes(plan)
+    common = RUNTIME_BYTES + lay
+    worker = {"batches": batch_in + batch_out, "layout": lay, "runtime": RUNTIME_BYTES,
+              "packed_buffers": w_buffers,
+              "datatypes": float(w_runs.max() * DATATYPE_BYTES_PER_RUN)}
+    model = {"layout": lay, "runtime": RUNTIME_BYTES, "packed_buffers": m_buffers,
+             "datatypes": float(m_runs.max() * DATATYPE_BYTES_PER_RUN)}
+    worker["total_packed"] = common + worker["batches"] + w_buffers
+    worker["total_datatype"] = common + worker["batches"] + worker["datatypes"]
+    model["total_packed"] = common + m_buffers
+    model["total_datatype"] = common + model["datatypes"]
+    return {"worker": worker, "model_rank": model, "tiles_per_worker_max": int(tiles.max()),
+            "tile_shape_with_halo": [hh, ww]}

@@ -1,0 +1,281 @@
+"""The sizing package: per-message traffic against the plan's own count and a brute-force
+contiguity oracle, the cost model on a case worked by hand and its monotonicity, memory, the
+machine file, the plateau."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import eophis_hpc as eh
+from eophis_hpc.decomposition import split_balanced
+from eophis_hpc.measure.copyjobs import flat_index
+from eophis_hpc.sizing import cost, job as jobmod, memory, traffic
+from eophis_hpc.sizing.machine import Machine, builtin_names
+
+from strategies import decompositions, grids, halos
+
+SETTINGS = settings(max_examples=80, deadline=None)
+
+MACHINE = Machine(name="test", cores_per_node=4, latency_s=1e-6, network_latency_s=3e-6,
+                  onnode_bandwidth=8e9, network_bandwidth=2e9, nic_bandwidth=3e9,
+                  node_memory_bandwidth=40e9, copy_bandwidth=10e9, datatype_bandwidth=4e9,
+                  message_overhead_s=2e-6, exchange_overhead_s=50e-6, source="test figures")
+
+
+def owners(n_tiles: int, n_workers: int) -> np.ndarray:
+    starts = split_balanced(n_tiles, n_workers)
+    return np.repeat(np.arange(n_workers), np.diff(starts))
+
+
+@st.composite
+def layouts(draw):
+    g = draw(grids(max_n=20))
+    src = draw(decompositions(g))
+    dst = draw(decompositions(g, allow_holes=False))
+    halo = draw(halos(g, cap=4))
+    n_workers = draw(st.integers(1, len(dst.boxes)))
+    try:
+        plan = eh.Plan(g, src, dst, halo, tile_shape=dst.max_shape())
+    except ValueError:  # a max-shape tile would reach past the fold: the runtime refuses it too
+        assume(False)
+    return plan, n_workers
+
+
+@SETTINGS
+@given(case=layouts(), nz=st.integers(1, 3), itemsize=st.sampled_from((4, 8)),
+       seed=st.integers(0, 2**31))
+def test_messages_match_the_plans_own_traffic_count(case, nz, itemsize, seed):
+    """Same messages and bytes per rank as Plan.traffic (an independent, loop-based count)."""
+    plan, q = case
+    rng = np.random.default_rng(seed)
+    owner = owners(plan.n_dst, q)
+    model_node = rng.integers(0, 3, plan.n_src)
+    worker_node = rng.integers(0, 3, q)
+    t = traffic.messages(plan, nz, itemsize, owner, model_node, worker_node)
+    ref = plan.traffic(nz=nz, itemsize=itemsize, dst_ranks=owner)
+    for name, msg, n_send, n_recv in (("scatter", t.scatter, plan.n_src, q),
+                                      ("gather", t.gather, q, plan.n_src)):
+        sm, sb = msg.per_rank("sender", n_send)
+        rm, rb = msg.per_rank("receiver", n_recv)
+        r = ref[name]
+        assert {k: v for k, v in enumerate(sm.tolist()) if v} == r["send_messages"]
+        assert {k: v for k, v in enumerate(rm.tolist()) if v} == r["recv_messages"]
+        assert {k: int(v) for k, v in enumerate(sb.tolist()) if v} == r["send_bytes"]
+        assert {k: int(v) for k, v in enumerate(rb.tolist()) if v} == r["recv_bytes"]
+    # on-node flags from the node maps
+    assert np.array_equal(t.scatter.onnode,
+                          model_node[t.scatter.sender] == worker_node[t.scatter.receiver])
+    assert np.array_equal(t.gather.onnode,
+                          worker_node[t.gather.sender] == model_node[t.gather.receiver])
+
+
+def _is_range(idx: np.ndarray) -> bool:
+    return idx.size == 0 or np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size))
+
+
+@SETTINGS
+@given(case=layouts(), nz=st.integers(1, 3))
+def test_contiguity_flags_are_sound(case, nz):
+    """A message called contiguous is one increasing range of flat indices in the sender's and
+    the receiver's arrays (model box; worker batch of tile_shape + halo), in wire order; a
+    message of one block is called contiguous exactly when it is."""
+    plan, q = case
+    owner = owners(plan.n_dst, q)
+    t = traffic.messages(plan, nz, 8, owner, np.zeros(plan.n_src, int), np.zeros(q, int))
+    tiles_of = [np.flatnonzero(owner == w).tolist() for w in range(q)]
+    hh, ww = plan.tile_shape_of(0)
+    batch_tile = nz * hh * ww
+    for k in range(len(t.scatter)):
+        s, w = int(t.scatter.sender[k]), int(t.scatter.receiver[k])
+        box = (nz,) + plan.src.boxes[s].shape
+        send_idx, recv_idx, folded = [], [], False
+        for slot, d in enumerate(tiles_of[w]):
+            if (s, d) in plan.pairs:
+                send_idx.append(flat_index(plan.pack_runs(s, d), box))
+                runs = plan.unpack_runs(s, d)
+                recv_idx.append(slot * batch_tile + flat_index(runs, (nz, hh, ww)))
+                folded |= bool(runs[:, 4].any())
+        send_idx, recv_idx = np.concatenate(send_idx), np.concatenate(recv_idx)
+        if t.scatter.contig_send[k]:
+            assert _is_range(send_idx)
+        if t.scatter.contig_recv[k]:
+            assert _is_range(recv_idx)
+        if t.scatter.blocks[k] == 1:
+            assert t.scatter.contig_send[k] == _is_range(send_idx)
+            assert t.scatter.contig_recv[k] == (_is_range(recv_idx) and not folded)
+    for k in range(len(t.gather)):
+        w, s = int(t.gather.sender[k]), int(t.gather.receiver[k])
+        box = (nz,) + plan.src.boxes[s].shape
+        send_idx, recv_idx = [], []
+        for slot, d in enumerate(tiles_of[w]):
+            if (d, s) in plan.back_pairs:
+                send_idx.append(slot * batch_tile + flat_index(
+                    plan.back_pack_runs(d, s, offset=plan.halo), (nz, hh, ww)))
+                recv_idx.append(flat_index(plan.back_unpack_runs(d, s), box))
+        send_idx, recv_idx = np.concatenate(send_idx), np.concatenate(recv_idx)
+        if t.gather.contig_send[k]:
+            assert _is_range(send_idx)
+        if t.gather.contig_recv[k]:
+            assert _is_range(recv_idx)
+        if t.gather.blocks[k] == 1:
+            assert t.gather.contig_send[k] == _is_range(send_idx)
+            assert t.gather.contig_recv[k] == _is_range(recv_idx)
+
+
+def test_model_halo_makes_multi_row_boxes_non_contiguous():
+    g = eh.Grid(16, 8)
+    plan = eh.Plan(g, eh.Decomposition.auto(g, 1), eh.Decomposition.auto(g, 1))
+    args = (plan, 1, 8, np.zeros(1, int), np.zeros(1, int), np.zeros(1, int))
+    assert traffic.messages(*args).scatter.contig_send.all()
+    assert not traffic.messages(*args, model_halo=1).scatter.contig_send.any()
+
+
+def test_cost_of_a_one_to_one_exchange_worked_by_hand():
+    """8x4 closed grid, 1 model rank and 1 worker on one node, 2 levels float64: each way one
+    contiguous message of 512 bytes."""
+    g = eh.Grid(8, 4)
+    dec = eh.Decomposition.auto(g, 1)
+    plan = eh.Plan(g, dec, dec)
+    t = traffic.messages(plan, 2, 8, np.zeros(1, int), np.zeros(1, int), np.zeros(1, int))
+    m = MACHINE
+    b = 8 * 4 * 2 * 8
+    rate = min(m.onnode_bandwidth, m.copy_bandwidth, m.node_memory_bandwidth / 1)
+    one_way = m.latency_s + m.message_overhead_s + b / rate
+    dt = cost.predict(t, m, "datatype", inference_s=1e-3)
+    assert dt.phases["scatter"] == pytest.approx(one_way)
+    assert dt.phases["gather"] == pytest.approx(one_way)
+    note = m.message_overhead_s
+    assert dt.exchange_s == pytest.approx(max(note, one_way) + 1e-3 + one_way
+                                          + m.exchange_overhead_s)
+    packed = cost.predict(t, m, "packed", inference_s=1e-3)
+    copy = b / min(m.copy_bandwidth, m.node_memory_bandwidth)
+    for phase in ("model_pack", "worker_unpack", "worker_pack", "model_unpack"):
+        assert packed.phases[phase] == pytest.approx(copy)
+    assert packed.exchange_s == pytest.approx(dt.exchange_s + 4 * copy)
+    # lag 1 hides the exchange behind a long enough model step, lag 0 adds it
+    slow = cost.predict(t, m, "datatype", inference_s=1e-3, model_step_s=1.0)
+    assert slow.step_lag0_s == pytest.approx(1.0 + dt.exchange_s)
+    assert slow.step_lag1_s == pytest.approx(1.0 + slow.model_cpu_s)
+    fast = cost.predict(t, m, "datatype", inference_s=1e-3, model_step_s=1e-6)
+    assert fast.step_lag1_s == pytest.approx(dt.exchange_s)
+
+
+@SETTINGS
+@given(case=layouts(), strategy=st.sampled_from(cost.STRATEGIES),
+       field=st.sampled_from(("onnode_bandwidth", "network_bandwidth", "nic_bandwidth",
+                              "copy_bandwidth", "datatype_bandwidth", "node_memory_bandwidth")),
+       seed=st.integers(0, 2**31))
+def test_more_bytes_never_faster_and_faster_hardware_never_slower(case, strategy, field, seed):
+    plan, q = case
+    rng = np.random.default_rng(seed)
+    owner = owners(plan.n_dst, q)
+    mn, wn = rng.integers(0, 2, plan.n_src), rng.integers(0, 2, q)
+    t1 = traffic.messages(plan, 1, 8, owner, mn, wn)
+    t3 = traffic.messages(plan, 3, 8, owner, mn, wn)
+    base = cost.predict(t1, MACHINE, strategy).exchange_s
+    assert cost.predict(t3, MACHINE, strategy).exchange_s >= base
+    faster = replace(MACHINE, **{field: getattr(MACHINE, field) * 2})
+    assert cost.predict(t1, faster, strategy).exchange_s <= base * (1 + 1e-12)
+
+
+def test_network_and_shared_cores_cost_more():
+    g = eh.Grid(64, 32)
+    plan = eh.Plan(g, eh.Decomposition.auto(g, 4), eh.Decomposition.auto(g, 2), halo=1)
+    owner = owners(2, 2)
+    same = traffic.messages(plan, 4, 8, owner, np.zeros(4, int), np.zeros(2, int))
+    apart = traffic.messages(plan, 4, 8, owner, np.zeros(4, int), np.ones(2, int))
+    for s in cost.STRATEGIES:
+        base = cost.predict(same, MACHINE, s).exchange_s
+        assert cost.predict(apart, MACHINE, s).exchange_s > base
+        crowded = replace(MACHINE, cores_per_node=2)  # 6 ranks on 2 cores
+        assert cost.predict(same, crowded, s).exchange_s > base
+
+
+def test_memory_counts_the_batches_and_buffers():
+    g = eh.Grid(40, 30, "cyclic")
+    plan = eh.Plan(g, eh.Decomposition.auto(g, 6), eh.Decomposition.auto(g, 4), halo=2,
+                   tile_shape=eh.Decomposition.auto(g, 4).max_shape())
+    owner = owners(4, 3)  # worker 0 holds 2 tiles
+    t = traffic.messages(plan, 5, 4, owner, np.zeros(6, int), np.zeros(3, int))
+    mem = memory.estimate(plan, t, owner, 5, 4, fields_in=2, fields_out=1)
+    hh, ww = plan.tile_shape_of(0)
+    assert mem["tiles_per_worker_max"] == 2
+    assert mem["worker"]["batches"] == 2 * 5 * hh * ww * 4 * (2 + 1)
+    _, recv = t.scatter.per_rank("receiver", 3)
+    _, send = t.gather.per_rank("sender", 3)
+    assert mem["worker"]["packed_buffers"] == max(recv * 2 + send)
+    assert mem["worker"]["total_packed"] > mem["worker"]["batches"] + memory.RUNTIME_BYTES
+
+
+def test_plateau_is_the_fewest_workers_near_the_best():
+    counts = [1, 2, 4, 8, 16]
+    assert jobmod.plateau(counts, [8.0, 4.0, 2.05, 2.0, 2.01], 0.05) == 4
+    assert jobmod.plateau(counts, [8.0, 4.0, 3.0, 2.5, 2.0], 0.05) == 16
+    assert jobmod.plateau(counts, [None] * 5, 0.05) is None
+
+
+def test_inference_time_scales_with_tile_cells():
+    g = eh.Grid.preset("eORCA025")
+    job = jobmod.Job(g, eh.Decomposition.auto(g, 16), halo=1, inference_s_per_tile=0.1,
+                     reference_workers=4)
+    r4 = jobmod.evaluate(job, MACHINE, 4)
+    r16 = jobmod.evaluate(job, MACHINE, 16)
+    assert r4["inference_s"] == pytest.approx(0.1)
+    (h4, w4), (h16, w16) = (eh.Decomposition.auto(g, n).max_shape() for n in (4, 16))
+    assert (h16, w16) != (h4, w4)
+    assert r16["inference_s"] == pytest.approx(0.1 * (h16 + 2) * (w16 + 2) / ((h4 + 2) * (w4 + 2)))
+
+
+def test_machine_files_round_trip_and_bad_ones_are_named(tmp_path):
+    p = tmp_path / "m.json"
+    MACHINE.save(p)
+    assert Machine.load(p) == MACHINE
+    toml = tmp_path / "m.toml"
+    toml.write_text("[machine]\n" + "\n".join(
+        f"{k} = {json.dumps(v)}" for k, v in MACHINE.to_dict().items()) + "\n")
+    assert Machine.load(toml) == MACHINE
+    for name in builtin_names():
+        assert Machine.load(name).name == name
+    bad = MACHINE.to_dict()
+    del bad["copy_bandwidth"]
+    p.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="missing 'copy_bandwidth'"):
+        Machine.load(p)
+    p.write_text(json.dumps(dict(MACHINE.to_dict(), latency_s=-1)))
+    with pytest.raises(ValueError, match="latency_s must be a non-negative number"):
+        Machine.load(p)
+    p.write_text(json.dumps(dict(MACHINE.to_dict(), speed=3)))
+    with pytest.raises(ValueError, match="unknown key 'speed'"):
+        Machine.load(p)
+    p.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Machine.load(p)
+    with pytest.raises(ValueError, match="no such file"):
+        Machine.load(tmp_path / "absent.json")
+
+
+def test_bandwidth_tables_interpolate_in_log_size(tmp_path):
+    m = replace(MACHINE, onnode_bandwidth=[[2**20, 20e9], [2**26, 5e9], [2**23, 10e9]])
+    assert m.onnode_bandwidth == ((2.0**20, 20e9), (2.0**23, 10e9), (2.0**26, 5e9))
+    got = m.bandwidth("onnode_bandwidth", [1, 2**20, 2**21.5, 2**23, 2**24.5, 2**26, 2**40])
+    assert got.tolist() == pytest.approx([20e9, 20e9, 15e9, 10e9, 7.5e9, 5e9, 5e9])
+    assert m.bandwidth("copy_bandwidth", [1, 2**30]).tolist() == [10e9, 10e9]
+    p = tmp_path / "m.json"
+    m.save(p)
+    assert Machine.load(p) == m
+    with pytest.raises(ValueError, match="every size and bandwidth of the table must be positive"):
+        replace(MACHINE, datatype_bandwidth=[[0, 1e9]])
+    with pytest.raises(ValueError, match="must be a number or a table"):
+        replace(MACHINE, datatype_bandwidth=[[1, 2, 3]])
+    # a bigger message of the same layout never goes faster per byte here, so it costs more
+    g = eh.Grid(64, 32)
+    plan = eh.Plan(g, eh.Decomposition.auto(g, 2), eh.Decomposition.auto(g, 1))
+    t1, t8 = (traffic.messages(plan, nz, 8, np.zeros(1, int), np.zeros(2, int), np.zeros(1, int))
+              for nz in (1, 8))
+    for s in cost.STRATEGIES:
+        assert cost.predict(t8, m, s).exchange_s > cost.predict(t1, m, s).exchange_s
