@@ -246,6 +246,7 @@ def run_worker(cfg) -> None:
         print(f"worker {tunnel.rank}: {tunnel.describe()}", flush=True)
     print(f"worker {tunnel.rank}: settings strategy={tunnel.strategy} "
           f"backend={tunnel.backend} tiles={len(tunnel.layout.dst.boxes)}", flush=True)
+    print(f"worker {tunnel.rank}: my tiles {tunnel.layout.tiles_of[tunnel.rank]}", flush=True)
     if "rss" in seen:
         print(f"worker {tunnel.rank}: rss growth {seen['rss_last'] - seen['rss']} KiB",
               flush=True)

@@ -16,6 +16,7 @@ import numpy as np
 from ..version import __version__
 from ..errors import CouplingError
 from ..grid import Grid
+from ..sizing import placement
 from .layout import Layout
 from .schedule import Schedule
 
@@ -65,24 +66,31 @@ def first_error(errors) -> str | None:
 
 
 def request(grid: Grid, boxes: list, holes: bool, fields: dict | None, error: str | None,
-            strategy: str | None = None) -> dict:
+            strategy: str | None = None, nodes: list | None = None) -> dict:
     """The model root's declaration of the model side (``strategy``: the one the model asks
-    for, None to follow the workers)."""
+    for, None to follow the workers; ``nodes``: each rank's node name)."""
     return {"protocol": PROTOCOL, "version": __version__, "client": "python",
             "grid": grid.to_dict(), "boxes": boxes, "holes": holes, "fields": fields,
-            "error": error, "strategy": strategy}
+            "error": error, "strategy": strategy, "nodes": nodes}
 
 
 def reply(req: dict, grid: Grid, halo: int, schedule: Schedule, n_tiles, options: dict,
-          n_workers: int, n_model: int) -> tuple[dict, Layout | None]:
-    """The workers' answer to ``req`` and the layout (None when there is an error)."""
-    layout = None
+          n_workers: int, n_model: int,
+          worker_nodes: list | None = None) -> tuple[dict, Layout | None]:
+    """The workers' answer to ``req`` and the layout (None when there is an error). With the
+    node names of both sides, tiles go to workers so that most bytes stay on a node."""
+    layout = placed = None
     try:
         error = req["error"] or check(req, grid, schedule, n_model)
         if not error:
             tile_args = ({"n_tiles": n_tiles} if n_tiles is None or isinstance(n_tiles, int)
                          else {"tiles": [tuple(b) for b in n_tiles]})
             layout = Layout(grid, req["boxes"], n_workers, halo, holes=req["holes"], **tile_args)
+            placed = placement.from_node_names(layout.plan(grid.point), req.get("nodes"),
+                                               worker_nodes)
+            if placed is not None and placed.moved:
+                layout = Layout(grid, req["boxes"], n_workers, halo, holes=req["holes"],
+                                tiles=layout.dst.boxes, tile_owner=placed.owner)
     except (ValueError, TypeError) as exc:
         error = f"{exc}"
     except Exception:  # an unexpected bug must still reach every rank, not hang them
@@ -90,7 +98,9 @@ def reply(req: dict, grid: Grid, halo: int, schedule: Schedule, n_tiles, options
     answer = {"error": error, "schedule": schedule.to_dict(), "options": options,
               "boxes": req.get("boxes"), "holes": req.get("holes", False),
               "n_workers": n_workers, "halo": halo,
-              "tiles": None if error else [list(b) for b in layout.dst.boxes]}
+              "tiles": None if error else [list(b) for b in layout.dst.boxes],
+              "tile_owner": None if error else layout.tile_owner.tolist(),
+              "onnode_share": None if placed is None else [placed.before, placed.after]}
     return answer, (None if error else layout)
 
 
@@ -99,7 +109,8 @@ def agreed(grid: Grid, answer: dict) -> tuple[Layout, Schedule, dict]:
     if answer["error"]:
         raise CouplingError(answer["error"], collective=True)
     layout = Layout(grid, answer["boxes"], answer["n_workers"], answer["halo"],
-                    holes=answer["holes"], tiles=answer["tiles"])
+                    holes=answer["holes"], tiles=answer["tiles"],
+                    tile_owner=answer.get("tile_owner"))
     return layout, Schedule.from_dict(answer["schedule"], grid.point), answer["options"]
 
 

@@ -14,11 +14,12 @@ class Layout:
     """Model boxes (one per model rank) -> ``n_tiles`` tiles spread over ``n_workers`` workers.
 
     Every tile reads ``tile_shape`` points plus the halo so a worker's tiles stack into one batch
-    ``(tiles, levels, H + 2h, W + 2h)``; only each tile's own box goes back.
+    ``(tiles, levels, H + 2h, W + 2h)``; only each tile's own box goes back. ``tile_owner`` (the
+    worker of each tile) replaces the default assignment, tiles in order.
     """
 
     def __init__(self, grid: Grid, model_boxes, n_workers: int, halo: int, n_tiles: int | None = None,
-                 holes: bool = False, tiles=None):
+                 holes: bool = False, tiles=None, tile_owner=None):
         self.grid = grid
         self.src = Decomposition.from_boxes(grid, model_boxes, holes=holes)
         if tiles is not None:
@@ -34,9 +35,12 @@ class Layout:
         self.n_workers = n_workers
         self.halo = grid.check_halo(halo, "Tunnel: halo")
         self.tile_shape = self.dst.max_shape()
-        starts = split_balanced(len(self.dst.boxes), n_workers)
-        self.tiles_of = [list(range(starts[w], starts[w + 1])) for w in range(n_workers)]
-        self.tile_owner = np.repeat(np.arange(n_workers), np.diff(starts))
+        if tile_owner is None:  # tiles in order, the remainder to the first workers
+            starts = split_balanced(len(self.dst.boxes), n_workers)
+            self.tile_owner = np.repeat(np.arange(n_workers), np.diff(starts))
+        else:  # e.g. node-aware (sizing.placement)
+            self.tile_owner = _check_owner(tile_owner, len(self.dst.boxes), n_workers)
+        self.tiles_of = [np.flatnonzero(self.tile_owner == w).tolist() for w in range(n_workers)]
         self._plans: dict[str, Plan] = {}
 
     def plan(self, point: str) -> Plan:
@@ -98,3 +102,19 @@ class Layout:
     def worker_fills(self, point: str, w: int) -> dict:
         plan = self.plan(point)
         return {k: plan.fill_rects(d) for k, d in enumerate(self.tiles_of[w])}
+
+
+def _check_owner(tile_owner, n_tiles: int, n_workers: int) -> np.ndarray:
+    """``tile_owner`` as an int array: one worker in ``[0, n_workers)`` per tile, every worker
+    with at least one tile."""
+    owner = np.asarray(tile_owner)
+    if owner.shape != (n_tiles,) or not np.issubdtype(owner.dtype, np.integer):
+        raise ValueError(f"tile_owner: expected {n_tiles} worker indices (one per tile), got "
+                         f"{owner.shape[0] if owner.ndim == 1 else owner.shape} of {owner.dtype}")
+    if n_tiles and (owner.min() < 0 or owner.max() >= n_workers):
+        raise ValueError(f"tile_owner: worker indices must be in [0, {n_workers}), got "
+                         f"{int(owner.min())}..{int(owner.max())}")
+    idle = np.flatnonzero(np.bincount(owner, minlength=n_workers) == 0)
+    if idle.size:
+        raise ValueError(f"tile_owner: worker {int(idle[0])} has no tile")
+    return owner.astype(np.int64)

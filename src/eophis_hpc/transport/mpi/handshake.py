@@ -4,6 +4,7 @@ client's table); each side then broadcasts the outcome to its own ranks. The mes
 are :mod:`eophis_hpc.protocol.handshake`'s; every wait here is bounded by the timeout."""
 from __future__ import annotations
 
+import os
 import traceback
 
 import numpy as np
@@ -34,19 +35,26 @@ def recv_json(comm, source: int, timeout: float | None, what: str, peer_label: s
     return messages.decode(buf, what)
 
 
+def node_name() -> str:
+    """The node this rank runs on: ``MPI.Get_processor_name()``, or ``EOPHIS_HPC_NODE_NAME``
+    when set (a testing aid: it fakes several nodes on one machine)."""
+    return os.environ.get("EOPHIS_HPC_NODE_NAME") or mpi().Get_processor_name()
+
+
 def model_side(link: Link, grid: Grid, box, holes: bool, fields: dict | None,
                timeout: float | None, strategy: str | None = None):
     """Model ranks: returns ``(layout, schedule, options)`` agreed with the workers
     (``strategy``: the model's own choice, checked against the workers' one)."""
     box, local_err = messages.parse_box(box)
-    gathered = link.comm.gather((box, local_err), root=0)
+    gathered = link.comm.gather((box, local_err, node_name()), root=0)
     answer = None
     if link.is_root:
-        boxes = [b for b, _ in gathered]
-        error = messages.first_error([e for _, e in gathered])
+        boxes = [b for b, _, _ in gathered]
+        error = messages.first_error([e for _, e, _ in gathered])
         what = "model rank 0: handshake with the workers"
-        send_json(link.inter, messages.request(grid, boxes, holes, fields, error, strategy), 0,
-                  timeout, what, "worker")
+        req = messages.request(grid, boxes, holes, fields, error, strategy,
+                               [n for _, _, n in gathered])
+        send_json(link.inter, req, 0, timeout, what, "worker")
         answer = recv_json(link.inter, 0, timeout, what, "worker")
     answer = link.comm.bcast(answer, root=0)
     return messages.agreed(grid, answer)
@@ -58,11 +66,12 @@ def worker_side(link: Link, grid: Grid, halo: int, schedule: Schedule, n_tiles, 
     options agreed with the model side (the strategy, negotiated when ``options["explicit"]`` is
     false: :func:`.strategies.negotiate`)."""
     answer = None
+    nodes = link.comm.gather(node_name(), root=0)
     if link.is_root:
         what = "worker 0: waiting for the model ranks' declaration"
         req = recv_json(link.inter, 0, timeout, what, "model rank")
         answer, layout = messages.reply(req, grid, halo, schedule, n_tiles, options, link.size,
-                                        link.remote_size)
+                                        link.remote_size, worker_nodes=nodes)
         client = req.get("client", "python")
         strategy, mismatch = negotiate(req.get("strategy"), options["strategy"],
                                        options.get("explicit", True), client)
