@@ -13,6 +13,7 @@ import pytest
 import eophis_hpc as eh
 from eophis_hpc.protocol.layout import Layout
 from eophis_hpc.sizing import placement
+from eophis_hpc.transport.mpi.strategies import names as strategy_names
 from mpi_util import APPS, mpiexec
 from test_mpi_runtime import check_ok, config
 
@@ -29,7 +30,7 @@ def blocks_on_nodes(cfg_path, blocks):
     return cmd
 
 
-@pytest.mark.parametrize("strategy", ["packed", "datatype"])
+@pytest.mark.parametrize("strategy", strategy_names())
 def test_workers_get_the_tiles_of_their_node(tmp_path, strategy):
     # 30x20 T-fold grid, 2x2 model boxes: ranks 0, 1 (south) on node a, 2, 3 (north) on node b;
     # two tiles, the south and north halves; worker 0 runs on b, worker 1 on a, so today's
