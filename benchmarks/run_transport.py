@@ -141,7 +141,7 @@ def main(argv=None) -> int:
                 cfg = {"grid": grid, "levels": levels, "dtype": "float64", "halo": halo,
                        "P": p, "Q": q, "strategy": name, "warmup": 3, "steps": steps,
                        "naive": False, "buffers": strategy.endswith("buffers"),
-                       "chunk": args.chunk, "pipeline": "onebatch" not in strategy}
+                       "chunk": args.chunk, "pipeline": False if "onebatch" in strategy else None}
                 rec, others, err = run(lib, "eophis_hpc.measure.roundtrip", cfg, out, ident,
                                        (p, q), extra_env=UNSTAGED if "unstaged" in strategy
                                        else None)

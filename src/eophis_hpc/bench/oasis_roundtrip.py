@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 import traceback
 
@@ -39,6 +38,7 @@ import numpy as np
 
 import eophis_hpc as eh
 from eophis_hpc.oasis.partition import RecvPartition, worker_tiles
+from eophis_hpc.measure.roundtrip import watchdog
 from eophis_hpc.reference import reference_tile
 
 PATHS = ("pyoasis", "pyoasis_halo", "eophis")
@@ -80,16 +80,6 @@ def _terminate(comp) -> None:
     if term is not None:  # pyoasis >= 5 finalises in the destructor otherwise
         term()
 
-
-def watchdog(seconds: float, world) -> threading.Timer:
-    def fire():
-        print(f"oasis_roundtrip: world rank {world.rank}: no end after {seconds:.0f} s, aborting",
-              file=sys.stderr, flush=True)
-        world.Abort(3)
-    t = threading.Timer(seconds, fire)
-    t.daemon = True
-    t.start()
-    return t
 
 
 # --------------------------------------------------------------------------- model side

@@ -310,7 +310,7 @@ def worker_main(cfg, world, comm) -> None:
                                                          dtype=cfg["dtype"])],
                        strategy=cfg["strategy"], backend=cfg.get("backend"),
                        tiles=cfg.get("tiles"), verbose=False, pipeline_chunk=cfg.get("chunk"),
-                       pipeline=cfg.get("pipeline", True))
+                       pipeline=cfg.get("pipeline"))
     calls = {"n": 0}
     lv = check_levels(nz)
 

@@ -133,7 +133,7 @@ class MpiEngine(Engine):
                 self.notes.append(f"{spec.name!r}: no shared window ({why}); "
                                   f"{strategies.STRATEGIES[self.strategy].remote} strategy")
                 continue
-            if spec.direction == "in":  # the batch, and its twin with pipeline=True
+            if spec.direction == "in":  # the batch, and its twin where the input has a second set
                 shape = self.feed.recv_target(spec.name).shape
                 slots = 2 if self.feed.pipelined(spec.name) else 1
                 mine[spec.name] = (slots * shape[0],) + tuple(shape[1:])

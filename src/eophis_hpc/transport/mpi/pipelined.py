@@ -12,14 +12,12 @@ halo).
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 
-from ...errors import CouplingError
 from .strategies import FieldMove, Strategy, register, route_buffers
-from .waits import LOST_HINT, mpi, mpi_float
+from .waits import mpi, mpi_float, wait_some
 
 DEFAULT_CHUNK = 1 << 20  # bytes per message; eophis_hpc.toml's pipeline_chunk, the tuner's
 
@@ -197,22 +195,13 @@ class Pipelined(Strategy):
 
     def complete_recv(self, requests, wait, target, offset, sign):
         """Unpack each chunk as it arrives; every wait bounded, naming the late peers."""
-        MPI = mpi()
         move = self.move
         left = set(range(len(requests)))
         t_end = None if move.timeout is None else time.monotonic() + move.timeout
-        polls = 0
         while left:
-            done = MPI.Request.Testsome(requests)
-            if not done:
-                polls += 1
-                if polls % 512 == 0:
-                    if t_end is not None and time.monotonic() > t_end:
-                        late = sorted({self.messages[n][1] - move.peer_base for n in left})
-                        raise CouplingError(f"{move.what}: no answer from {move.peer_label} "
-                                            f"{late} after {move.timeout:g} s ({LOST_HINT}")
-                    os.sched_yield()
-                continue
+            done = wait_some(requests, t_end, move.what, move.peer_label,
+                             lambda: sorted({self.messages[n][1] - move.peer_base for n in left}),
+                             move.timeout)
             for n in done:
                 left.discard(n)
                 if not self.landed[n]:

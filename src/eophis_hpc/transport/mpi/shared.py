@@ -26,9 +26,8 @@ import time
 
 import numpy as np
 
-from ...errors import CouplingError
 from .strategies import STRATEGIES, FieldMove, Strategy, register
-from .waits import LOST_HINT, mpi, wait_all
+from .waits import mpi, wait_all, wait_some
 
 # Tokens use the field's tag: a rank exchanges either tokens or data with a peer, never both.
 READ_FROM_YOU = 0  # the receiver's READY; WRITE_INTO_ME + k: write into buffer k of my segment
@@ -272,7 +271,6 @@ class Shared(Strategy):
             wait(requests)
             self.finish_recv(target, offset, sign)
             return
-        MPI = mpi()
         move = self.move
         reqs = list(requests)
         local_at = [i for i, here in enumerate(self.order) if here]
@@ -280,18 +278,9 @@ class Shared(Strategy):
         todo = [0] * len(self.local)  # next piece per local peer
         open_ = set(range(len(reqs)))
         t_end = None if move.timeout is None else time.monotonic() + move.timeout
-        polls = 0
         while open_:
-            done = MPI.Request.Testsome(reqs)
-            if not done:
-                polls += 1
-                if polls % 512 == 0:
-                    if t_end is not None and time.monotonic() > t_end:
-                        late = sorted(names[i] for i in open_)
-                        raise CouplingError(f"{move.what}: no answer from {move.peer_label} "
-                                            f"{late} after {move.timeout:g} s ({LOST_HINT}")
-                    os.sched_yield()
-                continue
+            done = wait_some(reqs, t_end, move.what, move.peer_label,
+                             lambda: sorted(names[i] for i in open_), move.timeout)
             for i in done:
                 if i not in local_at:
                     open_.discard(i)

@@ -58,6 +58,25 @@ def wait_all(requests: list, timeout: float | None, what: str, peers=None, peer_
             os.sched_yield()  # give the core to a co-located rank while waiting
 
 
+def wait_some(requests: list, deadline: float | None, what: str, peer_label: str, late,
+              timeout: float | None) -> list[int]:
+    """Indices of ``requests`` that completed (at least one), polling like :func:`wait_all`;
+    past ``deadline`` (a ``time.monotonic()`` value, or None) a CouplingError naming the peers
+    ``late()`` returns."""
+    MPI = mpi()
+    polls = 0
+    while True:
+        done = MPI.Request.Testsome(requests)
+        if done:
+            return done
+        polls += 1
+        if polls % 512 == 0:
+            if deadline is not None and time.monotonic() > deadline:
+                raise CouplingError(f"{what}: no answer from {peer_label} {late()} after "
+                                    f"{timeout:g} s ({LOST_HINT}")
+            os.sched_yield()
+
+
 def probe(comm, source: int, tag: int, timeout: float | None, what: str, peer_label: str):
     """The status of the next message from ``source`` with ``tag``, waiting at most
     ``timeout`` seconds (a CouplingError naming the peer after that)."""
