@@ -22,18 +22,16 @@ Every kind checks that what came back equals what went out.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-import traceback
 
 import numpy as np
 
-from ..errors import release_exit_guard
 from ..grid import Grid
 from ..protocol.layout import Layout
 from ..transport.mpi.datatypes import TypeCache
-from ..measure.roundtrip import mpi, watchdog
+from ..measure.pingpong import run_two_rank_probe
+from ..measure.roundtrip import mpi
 
 TAG = 9301
 KINDS = ("contiguous", "inter", "subarray", "struct")
@@ -135,28 +133,14 @@ def summary(record: dict) -> list[str]:
 
 
 def main(argv) -> None:
-    if len(argv) != 2:
-        sys.exit("usage: mpiexec -n 2 python -m eophis_hpc.bench.mpiprobe CONFIG.json")
-    with open(argv[1]) as fh:
-        cfg = json.load(fh)
-    cfg = {"grid": "eORCA025", "levels": 1, "dtype": "float64", "halo": 10, "rounds": 15,
-           **cfg}
-    release_exit_guard()  # raw MPI only: this program never couples, by design
-    world = mpi().COMM_WORLD
-    dog = watchdog(float(cfg.get("time_limit", 300)), world)
-    try:
-        if world.size != 2:
-            raise RuntimeError(f"launched with {world.size} ranks, the probe needs 2")
+    def body(world, cfg):
         res = measure(world, Grid.preset(cfg["grid"]), int(cfg["levels"]), cfg["dtype"],
                       int(cfg["halo"]), int(cfg["rounds"]))
-        if world.rank == 0:
-            with open(cfg["out"], "w") as fh:
-                json.dump({"library": library(), "config": cfg, "results": res}, fh)
-    except BaseException:
-        print(f"mpiprobe: rank {world.rank}:\n{traceback.format_exc()}", file=sys.stderr,
-              flush=True)
-        world.Abort(1)
-    dog.cancel()
+        return {"library": library(), "config": cfg, "results": res}
+
+    run_two_rank_probe(argv, "eophis_hpc.bench.mpiprobe", body, time_limit=300,
+                       defaults={"grid": "eORCA025", "levels": 1, "dtype": "float64",
+                                 "halo": 10, "rounds": 15})
 
 
 if __name__ == "__main__":

@@ -97,44 +97,57 @@ def message_overhead(comm, n: int, rounds: int = 30) -> float:
     return float(np.median(times[1:])) / (2 * n)
 
 
-def main(argv) -> None:
+def run_two_rank_probe(argv, module: str, body, defaults=None, time_limit: float = 600) -> None:
+    """The ``main`` of a raw-MPI probe between 2 ranks: read the JSON config named by
+    ``argv[1]`` (over ``defaults``), run ``body(world, cfg) -> dict`` under a watchdog, write
+    the dict to ``cfg["out"]`` on rank 0; any error prints with its rank and aborts the job."""
     if len(argv) != 2:
-        sys.exit("usage: mpiexec -n 2 python -m eophis_hpc.measure.pingpong CONFIG.json")
+        sys.exit(f"usage: mpiexec -n 2 python -m {module} CONFIG.json")
     with open(argv[1]) as fh:
-        cfg = json.load(fh)
+        cfg = {**(defaults or {}), **json.load(fh)}
     release_exit_guard()  # raw MPI only: this program never couples, by design
     world = mpi().COMM_WORLD
-    dog = watchdog(float(cfg.get("time_limit", 600)), world)
+    dog = watchdog(float(cfg.get("time_limit", time_limit)), world)
     try:
         if world.size != 2:
-            raise RuntimeError(f"launched with {world.size} ranks, the ping-pong needs 2")
-        out = {"sizes": [], "one_way_samples": [], "one_way_median_s": []}
-        rounds, max_time = int(cfg.get("min_rounds", 5)), float(cfg.get("max_time", 0.2))
-        for nbytes in cfg["sizes"]:
-            samples = measure(world, int(nbytes), rounds, max_time)
-            if world.rank == 0:
-                one_way = [s / 2 for s in samples]
-                out["sizes"].append(int(nbytes))
-                out["one_way_samples"].append(one_way)
-                out["one_way_median_s"].append(float(np.median(one_way)))
-        if cfg.get("strided"):
-            row, pad = int(cfg.get("row_bytes", 8192)), int(cfg.get("row_pad", 640))
-            out["strided_row_bytes"], out["strided_row_pad"] = row, pad
-            out["strided_one_way_median_s"] = []
-            for nbytes in cfg["sizes"]:
-                samples = measure_strided(world, int(nbytes), row, pad, rounds, max_time)
-                if world.rank == 0:
-                    out["strided_one_way_median_s"].append(float(np.median(samples)) / 2)
-        if int(cfg.get("messages", 0)) > 0:
-            out["message_overhead_s"] = message_overhead(world, int(cfg["messages"]))
+            raise RuntimeError(f"launched with {world.size} ranks, {module} needs 2")
+        out = body(world, cfg)
         if world.rank == 0:
             with open(cfg["out"], "w") as fh:
                 json.dump(out, fh)
     except BaseException:
-        print(f"pingpong: rank {world.rank}:\n{traceback.format_exc()}", file=sys.stderr,
+        print(f"{module}: rank {world.rank}:\n{traceback.format_exc()}", file=sys.stderr,
               flush=True)
         world.Abort(1)
     dog.cancel()
+
+
+def probe(world, cfg) -> dict:
+    """One-way times per message size (contiguous, strided) and the per-message overhead."""
+    out = {"sizes": [], "one_way_samples": [], "one_way_median_s": []}
+    rounds, max_time = int(cfg.get("min_rounds", 5)), float(cfg.get("max_time", 0.2))
+    for nbytes in cfg["sizes"]:
+        samples = measure(world, int(nbytes), rounds, max_time)
+        if world.rank == 0:
+            one_way = [s / 2 for s in samples]
+            out["sizes"].append(int(nbytes))
+            out["one_way_samples"].append(one_way)
+            out["one_way_median_s"].append(float(np.median(one_way)))
+    if cfg.get("strided"):
+        row, pad = int(cfg.get("row_bytes", 8192)), int(cfg.get("row_pad", 640))
+        out["strided_row_bytes"], out["strided_row_pad"] = row, pad
+        out["strided_one_way_median_s"] = []
+        for nbytes in cfg["sizes"]:
+            samples = measure_strided(world, int(nbytes), row, pad, rounds, max_time)
+            if world.rank == 0:
+                out["strided_one_way_median_s"].append(float(np.median(samples)) / 2)
+    if int(cfg.get("messages", 0)) > 0:
+        out["message_overhead_s"] = message_overhead(world, int(cfg["messages"]))
+    return out
+
+
+def main(argv) -> None:
+    run_two_rank_probe(argv, "eophis_hpc.measure.pingpong", probe)
 
 
 if __name__ == "__main__":
