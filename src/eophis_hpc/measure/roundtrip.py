@@ -141,13 +141,16 @@ def stats(samples: list[float], warmup: int) -> dict:
             "samples": timed, "warmup_samples": samples[:warmup]}
 
 
+def job_params(cfg) -> tuple:
+    """``(grid, P, Q, levels, halo, dtype, steps with warm-up)`` of a job's config."""
+    return (grid_of(cfg), cfg["P"], cfg["Q"], cfg["levels"], cfg["halo"], np.dtype(cfg["dtype"]),
+            cfg["warmup"] + cfg["steps"])
+
+
 # --------------------------------------------------------------------------- model side
 def model_main(cfg, world, comm) -> None:
     MPI = mpi()
-    g = grid_of(cfg)
-    P, Q, nz, h = cfg["P"], cfg["Q"], cfg["levels"], cfg["halo"]
-    dtype = np.dtype(cfg["dtype"])
-    nsteps = cfg["warmup"] + cfg["steps"]
+    g, P, Q, nz, h, dtype, nsteps = job_params(cfg)
     rank = comm.rank
     if comm.size != P or world.size != P + Q:
         raise RuntimeError(f"launched with {comm.size} model and {world.size - comm.size} worker "
@@ -299,10 +302,7 @@ def check_pad(g, h, nz, dtype) -> None:
 # --------------------------------------------------------------------------- worker side
 def worker_main(cfg, world, comm) -> None:
     MPI = mpi()
-    g = grid_of(cfg)
-    P, Q, nz, h = cfg["P"], cfg["Q"], cfg["levels"], cfg["halo"]
-    dtype = np.dtype(cfg["dtype"])
-    nsteps = cfg["warmup"] + cfg["steps"]
+    g, P, Q, nz, h, dtype, nsteps = job_params(cfg)
     w = comm.rank
 
     # (a) eophis_hpc: identity model, returned with its halo (the runtime strips it)
