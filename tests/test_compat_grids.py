@@ -21,6 +21,7 @@ from eophis_hpc.compat.tunnels import EophisTunnel
 from eophis_hpc.oasis import engine as oasis_worker
 
 from mpi_util import APPS, mpiexec
+from test_oasis_worker_loopback import _Comm  # the same communicator stand-in
 
 sys.path.insert(0, str(APPS))
 import eophis_grids_script as script  # noqa: E402
@@ -99,17 +100,6 @@ def test_the_namcouple_is_the_one_eophis_writes():
 
 
 # ---------------------------------------------------------------------- the OASIS stand-in
-class _Comm:
-    def __init__(self, rank, size):
-        self.rank, self.size = rank, size
-
-    def Get_rank(self):
-        return self.rank
-
-    def Get_size(self):
-        return self.size
-
-
 class Loopback:
     """Stand-in for transport.oasis.Component (NOT OASIS: see test_oasis_worker_loopback.py):
     ``get`` answers the points of the variable's partition from the global field of the input

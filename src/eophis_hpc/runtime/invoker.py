@@ -50,6 +50,7 @@ class Invoker:
                  check_finite: bool = False):
         self.schedule, self.registry, self.feed = schedule, registry, feed
         self.boxes, self.tiles, self.finite = list(boxes), list(tiles), check_finite
+        self.signatures: dict = {}  # model or router -> (parameter names, takes **kwargs)
 
     @property
     def exchanges(self):
@@ -82,11 +83,19 @@ class Invoker:
         return targets
 
     # ------------------------------------------------------------------ arguments
+    def _signature(self, fn) -> tuple:
+        """``(parameter names, takes **kwargs)`` of ``fn``, read once (not per call)."""
+        sig = self.signatures.get(fn)
+        if sig is None:
+            params = inspect.signature(fn).parameters
+            sig = (frozenset(params), any(p.kind == p.VAR_KEYWORD for p in params.values()))
+            self.signatures[fn] = sig
+        return sig
+
     def _extras(self, fn, kwargs: dict, r0: int, r1: int, step: int, every_static: bool) -> dict:
         """Static fields (rows ``r0:r1``), ``tiles`` (their global indices) and ``step`` for
         the parameters ``fn`` names (every static field when ``every_static``)."""
-        params = inspect.signature(fn).parameters
-        takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        params, takes_all = self._signature(fn)
         for kw, batch in self.feed.static_rows(r0, r1).items():
             if every_static or kw in params or takes_all:
                 kwargs.setdefault(kw, batch)
