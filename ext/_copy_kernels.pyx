@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Pack, unpack and fill kernels of the plan's block copies (Cython backend).
+"""Pack, unpack, fill and copy kernels of the plan's block copies (Cython backend).
 
 Twins of ``eophis_hpc.kernels.numpy_ref`` (the oracle) and ``eophis_hpc.kernels.numba_backend``.
 The runs are checked against the array shapes before the ``nogil`` loops, so a bad plan raises a
@@ -119,6 +119,65 @@ def unpack(const src_t[::1] buf, dst_t[:, :, ::1] dst, const int64_t[:, ::1] run
                                 row[c] = <dst_t> inp[c]
                         pos += ni
         if stream:
+            stream_fence()
+
+
+def copy(const src_t[:, :, ::1] src, dst_t[:, :, ::1] dst, const int64_t[:, ::1] blocks,
+         double sign, bint stream=False):
+    """Copy the ``(sj, si, nj, ni)`` block of ``src`` to ``(dj, di)`` of ``dst`` for every
+    ``(sj, si, dj, di, nj, ni, fold)`` row of ``blocks``, all levels, in one pass (no buffer in
+    between); a folded block is written reversed in j and i and multiplied by ``sign``.
+    ``stream``: write rows of at least ``STREAM_ROW`` elements around the caches (the caller
+    knows the whole transfer's size; one call may be a slab of it)."""
+    cdef Py_ssize_t nz = src.shape[0]
+    if dst.shape[0] != nz:
+        raise ValueError(f"copy: the source has {nz} levels, the destination {dst.shape[0]}")
+    if blocks.shape[0] and blocks.shape[1] < 7:
+        raise ValueError(f"copy: blocks must have 7 columns, got {blocks.shape[1]}")
+    cdef Py_ssize_t r
+    for r in range(blocks.shape[0]):
+        if (blocks[r, 0] < 0 or blocks[r, 1] < 0 or blocks[r, 2] < 0 or blocks[r, 3] < 0
+                or blocks[r, 4] < 0 or blocks[r, 5] < 0
+                or blocks[r, 0] + blocks[r, 4] > src.shape[1]
+                or blocks[r, 1] + blocks[r, 5] > src.shape[2]
+                or blocks[r, 2] + blocks[r, 4] > dst.shape[1]
+                or blocks[r, 3] + blocks[r, 5] > dst.shape[2]):
+            raise ValueError(f"copy: block {r} (sj={blocks[r, 0]}, si={blocks[r, 1]}, "
+                             f"dj={blocks[r, 2]}, di={blocks[r, 3]}, nj={blocks[r, 4]}, "
+                             f"ni={blocks[r, 5]}) does not fit the source "
+                             f"{src.shape[1]}x{src.shape[2]} or the destination "
+                             f"{dst.shape[1]}x{dst.shape[2]}")
+    cdef Py_ssize_t k, j, c, sj, si, dj, di, nj, ni
+    cdef const src_t* inp
+    cdef dst_t* row
+    cdef src_t s = <src_t> sign
+    cdef bint streamed = False
+    with nogil:
+        for r in range(blocks.shape[0]):
+            sj = blocks[r, 0]; si = blocks[r, 1]; dj = blocks[r, 2]; di = blocks[r, 3]
+            nj = blocks[r, 4]; ni = blocks[r, 5]
+            for k in range(nz):
+                for j in range(nj):
+                    inp = &src[k, sj + j, si]
+                    if blocks[r, 6]:
+                        row = &dst[k, dj + nj - 1 - j, di]
+                        for c in range(ni):
+                            row[ni - 1 - c] = <dst_t> (s * inp[c])
+                        continue
+                    row = &dst[k, dj + j, di]
+                    if src_t is dst_t:
+                        if stream and ni >= _stream_row:
+                            streamed = True
+                            if dst_t is double:
+                                stream_row_f64(row, inp, ni)
+                            else:
+                                stream_row_f32(row, inp, ni)
+                        else:
+                            memcpy(row, inp, ni * sizeof(dst_t))
+                    else:
+                        for c in range(ni):
+                            row[c] = <dst_t> inp[c]
+        if streamed:
             stream_fence()
 
 

@@ -12,7 +12,8 @@ from eophis_hpc import kernels
 from eophis_hpc.protocol.layout import Layout
 from eophis_hpc.reference import reference_tile
 from eophis_hpc.transport.mpi.pipelined import blocks_of, chunk_messages
-from eophis_hpc.transport.mpi.shared import block_table, copy_blocks
+from eophis_hpc import kernels
+from eophis_hpc.transport.mpi.shared import block_table, copy_pairs, pair_blocks
 
 from strategies import BACKENDS, decompositions, grids, halos, random_pieces
 
@@ -88,15 +89,19 @@ def test_chunks_rebuild_the_reference_tiles(case, nz, dtype, chunk, sign, backen
 
 @SETTINGS
 @given(case=cases(), nz=st.integers(1, 3), dtype=st.sampled_from((np.float32, np.float64)),
-       sign=st.sampled_from((1.0, -1.0)), seed=st.integers(0, 2**31))
-def test_direct_block_copies_go_there_and_back(case, nz, dtype, sign, seed):
+       sign=st.sampled_from((1.0, -1.0)), backend=st.sampled_from(BACKENDS),
+       stream=st.booleans(), seed=st.integers(0, 2**31))
+def test_direct_block_copies_go_there_and_back(case, nz, dtype, sign, backend, stream, seed):
+    """shm's one copy per direction, with each backend's copy kernel: the model boxes' blocks
+    land in the workers' batches as the reference tiles, and the tiles' own boxes come back."""
+    copy = kernels.get(backend).copy
     g, src, layout = case
     glb, pieces, _ = random_pieces(np.random.default_rng(seed), src, nz, dtype)
     batches = [np.zeros((len(layout.tiles_of[w]), nz) + layout.batch_shape, dtype=dtype)
                for w in range(layout.n_workers)]
     for s, w, mr, wr in _pairs(layout, g.point):  # put: model box -> worker batch, one copy
-        copy_blocks(pieces[s][None], block_table(mr), (0, 0), batches[w], block_table(wr),
-                    (0, 0), sign)
+        copy_pairs(copy, pieces[s][None], batches[w],
+                   pair_blocks(block_table(mr), (0, 0), block_table(wr), (0, 0)), sign, stream)
     plan = layout.plan(g.point)
     h = layout.halo
     for w, batch in enumerate(batches):
@@ -108,8 +113,8 @@ def test_direct_block_copies_go_there_and_back(case, nz, dtype, sign, seed):
     for w in range(layout.n_workers):
         for wr in layout.worker_send_routes(g.point, w):
             mr = next(r for r in layout.model_recv_routes(g.point, wr.peer) if r.peer == w)
-            copy_blocks(batches[w], block_table(wr), (h, h), back[wr.peer], block_table(mr),
-                        (0, 0), 1.0)
+            copy_pairs(copy, batches[w], back[wr.peer],
+                       pair_blocks(block_table(wr), (h, h), block_table(mr), (0, 0)), 1.0, stream)
     for s, piece in enumerate(pieces):
         np.testing.assert_array_equal(back[s][0], piece, err_msg=f"model box {s}")
 

@@ -1,7 +1,7 @@
 """Registry of pack/unpack/fill kernel backends (layer 4).
 
 A backend is picked by explicit argument, else the ``EOPHIS_HPC_BACKEND`` environment variable,
-else the first available of :data:`ORDER` (fastest first). Every backend has the same three
+else the first available of :data:`ORDER` (fastest first). Every backend has the same four
 functions; ``numpy`` is the reference the others are tested against. Kernels never call MPI.
 """
 from __future__ import annotations
@@ -24,12 +24,14 @@ _MODULES = {
 @dataclass(frozen=True)
 class Backend:
     """One kernel family: ``pack(src, runs, buf)``, ``unpack(buf, dst, runs, sign)``,
-    ``fill(dst, rects, value)``."""
+    ``fill(dst, rects, value)``, and for host memory ``copy(src, dst, blocks, sign, stream)``
+    (block to block in one pass; None for device backends, whose buffers never take it)."""
 
     name: str
     pack: Callable
     unpack: Callable
     fill: Callable
+    copy: Callable | None = None
 
 
 _loaded: dict[str, Backend] = {}
@@ -46,7 +48,7 @@ def _load(name: str) -> Backend | None:
     except ImportError as exc:  # e.g. numba missing, or the package was not compiled
         _errors[name] = f"{type(exc).__name__}: {exc}"
         return None
-    _loaded[name] = Backend(name, mod.pack, mod.unpack, mod.fill)
+    _loaded[name] = Backend(name, mod.pack, mod.unpack, mod.fill, mod.copy)
     return _loaded[name]
 
 

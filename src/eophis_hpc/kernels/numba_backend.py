@@ -4,7 +4,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .numpy_ref import check_runs
+from .numpy_ref import check_blocks, check_runs
 
 
 @numba.njit(cache=True, nogil=True)
@@ -52,6 +52,23 @@ def _fill(dst, rects, value):
                     dst[k, dj + j, di + c] = value
 
 
+@numba.njit(cache=True, nogil=True)
+def _copy(src, dst, blocks, s):
+    """``s`` is the sign in the source's dtype (the product is exact as in the reference)."""
+    for r in range(blocks.shape[0]):
+        sj, si, dj, di = blocks[r, 0], blocks[r, 1], blocks[r, 2], blocks[r, 3]
+        nj, ni, fold = blocks[r, 4], blocks[r, 5], blocks[r, 6]
+        for k in range(src.shape[0]):
+            for j in range(nj):
+                if fold:
+                    jj = dj + nj - 1 - j
+                    for c in range(ni):
+                        dst[k, jj, di + ni - 1 - c] = s * src[k, sj + j, si + c]
+                else:
+                    for c in range(ni):
+                        dst[k, dj + j, di + c] = src[k, sj + j, si + c]
+
+
 def pack(src: np.ndarray, runs: np.ndarray, buf: np.ndarray) -> None:
     total = check_runs(runs, 4, src.shape[1], src.shape[2], "pack") * src.shape[0]
     if total != buf.shape[0]:
@@ -72,3 +89,10 @@ def fill(dst: np.ndarray, rects: np.ndarray, value: float) -> None:
     check_runs(rects, 4, dst.shape[1], dst.shape[2], "fill")
     if rects.shape[0]:
         _fill(dst, rects, dst.dtype.type(value))
+
+
+def copy(src: np.ndarray, dst: np.ndarray, blocks: np.ndarray, sign: float,
+         stream: bool = False) -> None:
+    check_blocks(blocks, src.shape, dst.shape, "copy")
+    if blocks.shape[0]:
+        _copy(src, dst, blocks, src.dtype.type(sign))

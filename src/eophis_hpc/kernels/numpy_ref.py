@@ -55,3 +55,34 @@ def fill(dst: np.ndarray, rects: np.ndarray, value: float) -> None:
     check_runs(rects, 4, dst.shape[1], dst.shape[2], "fill")
     for dj, di, nj, ni in np.asarray(rects)[:, :4].tolist():
         dst[:, dj:dj + nj, di:di + ni] = value
+
+
+def check_blocks(blocks: np.ndarray, src_shape, dst_shape, what: str) -> None:
+    """Check every ``(sj, si, dj, di, nj, ni, fold)`` block fits both planes and the level
+    counts agree."""
+    blocks = np.asarray(blocks)
+    if blocks.ndim != 2 or (blocks.shape[0] and blocks.shape[1] < 7):
+        raise ValueError(f"{what}: blocks must be an (n, 7) integer array, got shape "
+                         f"{blocks.shape}")
+    if src_shape[0] != dst_shape[0]:
+        raise ValueError(f"{what}: the source has {src_shape[0]} levels, the destination "
+                         f"{dst_shape[0]}")
+    if blocks.shape[0] == 0:
+        return
+    check_runs(blocks[:, [0, 1, 4, 5]], 4, src_shape[1], src_shape[2], what + " (source)")
+    check_runs(blocks[:, [2, 3, 4, 5]], 4, dst_shape[1], dst_shape[2], what + " (destination)")
+
+
+def copy(src: np.ndarray, dst: np.ndarray, blocks: np.ndarray, sign: float,
+         stream: bool = False) -> None:
+    """Copy the ``(sj, si, nj, ni)`` block of ``src`` to ``(dj, di)`` of ``dst`` for every
+    ``(sj, si, dj, di, nj, ni, fold)`` row of ``blocks``, all levels; a folded block is written
+    reversed in j and i and multiplied by ``sign`` (in the source's dtype, then cast).
+    ``stream`` (write around the caches) changes nothing here."""
+    check_blocks(blocks, src.shape, dst.shape, "copy")
+    s = src.dtype.type(sign)
+    for sj, si, dj, di, nj, ni, fold in np.asarray(blocks)[:, :7].tolist():
+        blk = src[:, sj:sj + nj, si:si + ni]
+        if fold:
+            blk = (blk * s)[:, ::-1, ::-1]
+        dst[:, dj:dj + nj, di:di + ni] = blk
