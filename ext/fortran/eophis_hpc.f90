@@ -596,8 +596,10 @@ contains
       end do
    end function declaration
 
-   function request_json(boxes, error) result(out)
+   function request_json(boxes, nodes, starts, lens, error) result(out)
       integer(int64), intent(in) :: boxes(:, :)
+      character(len=*), intent(in) :: nodes     !< gather_nodes' names, one per box
+      integer, intent(in) :: starts(:), lens(:)
       character(len=*), intent(in) :: error
       character(len=:), allocatable :: out
       integer :: k
@@ -611,6 +613,11 @@ contains
          if (k > 1) out = out//', '
          out = out//'['//trim(itoa(boxes(1, k)))//', '//trim(itoa(boxes(2, k)))//', '// &
             trim(itoa(boxes(3, k)))//', '//trim(itoa(boxes(4, k)))//']'
+      end do
+      out = out//'], "nodes": ['
+      do k = 1, size(boxes, 2)
+         if (k > 1) out = out//', '
+         out = out//json_str(nodes(starts(k) + 1:starts(k) + lens(k)))
       end do
       out = out//'], "holes": '//merge('true ', 'false', st_holes)
       out = trim(out)//', "fields": {'
@@ -646,6 +653,46 @@ contains
       end if
    end function local_error
 
+   !> The node this rank runs on, as the Python client reports it: MPI_Get_processor_name, or
+   !> EOPHIS_HPC_NODE_NAME when it is set and not empty (a testing aid: it fakes several nodes
+   !> on one machine). The workers place the tiles so that most bytes stay on a node.
+   function node_name() result(name)
+      character(len=:), allocatable :: name
+      character(len=MPI_MAX_PROCESSOR_NAME) :: proc
+      integer :: n, stat, ierror
+      call get_environment_variable("EOPHIS_HPC_NODE_NAME", length=n, status=stat)
+      if (stat == 0 .and. n > 0) then
+         allocate (character(len=n) :: name)
+         call get_environment_variable("EOPHIS_HPC_NODE_NAME", name)
+      else
+         call MPI_Get_processor_name(proc, n, ierror)
+         name = proc(1:n)
+      end if
+   end function node_name
+
+   !> Every model rank's node name, gathered on model rank 0 (lengths, then the characters);
+   !> rank r's (1-based) is ``nodes(starts(r) + 1 : starts(r) + lens(r))``.
+   subroutine gather_nodes(nodes, starts, lens)
+      character(len=:), allocatable, intent(out) :: nodes
+      integer, allocatable, intent(out) :: starts(:), lens(:)
+      character(len=:), allocatable :: mine
+      integer :: n, r, ierror
+      mine = node_name()
+      n = len(mine)
+      allocate (lens(st_size), starts(st_size))
+      lens = 0
+      call MPI_Gather(n, 1, MPI_INTEGER, lens, 1, MPI_INTEGER, 0, st_comm, ierror)
+      starts = 0
+      if (st_rank == 0) then
+         do r = 2, st_size
+            starts(r) = starts(r - 1) + lens(r - 1)
+         end do
+      end if
+      allocate (character(len=max(1, sum(lens))) :: nodes)
+      call MPI_Gatherv(mine, n, MPI_CHARACTER, nodes, lens, starts, MPI_CHARACTER, 0, &
+         st_comm, ierror)
+   end subroutine gather_nodes
+
    integer function core_enddef(restart) result(status)
       character(len=*), intent(in), optional :: restart
       character(len=:), allocatable :: mine, root_decl, json
@@ -653,6 +700,8 @@ contains
       character(len=MSG_LEN), allocatable :: errs(:)
       integer(int64) :: box(4)
       integer(int64), allocatable :: boxes(:, :), table(:)
+      character(len=:), allocatable :: nodes
+      integer, allocatable :: node_starts(:), node_lens(:)
       integer :: n, ierror, r
       status = EH_OK
       if (.not. st_init) then
@@ -679,6 +728,7 @@ contains
       call MPI_Gather(box, 4, MPI_INT64_T, boxes, 4, MPI_INT64_T, 0, st_comm, ierror)
       call MPI_Gather(err, MSG_LEN, MPI_CHARACTER, errs, MSG_LEN, MPI_CHARACTER, 0, st_comm, &
          ierror)
+      call gather_nodes(nodes, node_starts, node_lens)
       if (st_rank == 0) then
          err = ""
          do r = 1, st_size
@@ -687,7 +737,7 @@ contains
                exit
             end if
          end do
-         json = request_json(boxes, err)
+         json = request_json(boxes, nodes, node_starts, node_lens, err)
          call MPI_Send(json, len(json), MPI_BYTE, 0, TAG_HANDSHAKE, st_inter, ierror)
       end if
       ! the workers answer every model rank with its own table (or the error)

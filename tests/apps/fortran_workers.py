@@ -66,6 +66,7 @@ def run_worker(cfg) -> None:
         return out
 
     tunnel.run()
+    print(f"worker {tunnel.rank}: my tiles {tunnel.layout.tiles_of[tunnel.rank]}", flush=True)
     print(f"worker {tunnel.rank}: OK after {calls['n']} calls", flush=True)
 
 
