@@ -33,7 +33,7 @@ module eophis_hpc
 
    character(len=*), parameter, public :: EH_VERSION = "1"
 
-   ! the protocol of eophis_hpc.transport.mpi / runtime.handshake / runtime.client_table
+   ! the protocol of eophis_hpc.protocol (wire, handshake, client_table)
    integer, parameter :: TAG_HANDSHAKE = 7001, TAG_CONTROL = 7002, TAG_JOIN = 7003
    integer(int32), parameter :: ROLE_MODEL = 0, ROLE_WORKER = 1
    integer, parameter :: PROTOCOL = 1, TABLE_VERSION = 2
