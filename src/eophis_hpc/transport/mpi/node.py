@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...protocol.wire import ROLES, Route
-from . import cma
 from .waits import mpi
 
 # Spread the ranks of each node over this many virtual nodes (world rank modulo), so one machine
@@ -50,7 +49,6 @@ class SharedField:
     mine: np.ndarray | None
     peers: dict = field(default_factory=dict)
     slots: int = 1
-    readable: dict = field(default_factory=dict)  # peer -> pid whose memory this rank can read
 
     def slot_of(self, target, offset) -> int | None:
         """Which buffer of this rank's segment ``target`` is (so a peer may write into it), or
@@ -85,19 +83,12 @@ class Node:
             node.Free()
         else:
             self.comm = node
-        # who may read whose memory directly (cma): each rank shows a number at an address
-        cma.allow_readers()
-        self.probe_value = np.array([os.getpid() * 7919 + link.rank], dtype=np.int64)
-        me = np.array([ROLES.index(link.role), link.rank, os.getpid(),
-                       self.probe_value.ctypes.data, int(self.probe_value[0])], dtype=np.int64)
-        table = np.empty((self.comm.size, 5), dtype=np.int64)
+        me = np.array([ROLES.index(link.role), link.rank], dtype=np.int64)
+        table = np.empty((self.comm.size, 2), dtype=np.int64)
         self.comm.Allgather(me, table)
         other = 1 - ROLES.index(link.role)
         # rank on the other side -> rank in the node communicator
-        self.node_rank = {int(r): n for n, (c, r, *_) in enumerate(table.tolist()) if c == other}
-        # rank on the other side -> its pid, where this rank can read that process's memory
-        self.readable = {int(r): int(pid) for c, r, pid, addr, value in table.tolist()
-                         if c == other and cma.probe(int(pid), int(addr), int(value))}
+        self.node_rank = {int(r): n for n, (c, r) in enumerate(table.tolist()) if c == other}
         self.windows: list = []
 
     def on_node(self, peer: int) -> bool:
@@ -105,8 +96,7 @@ class Node:
 
     def describe(self, peer_label: str) -> str:
         return (f"{len(self.node_rank)} {peer_label}(s) on this node "
-                f"{sorted(self.node_rank)} share memory with it, {len(self.readable)} readable "
-                "directly")
+                f"{sorted(self.node_rank)} share memory with it")
 
     def window(self, nbytes: int, itemsize: int):
         """A new window (collective over the node) with this rank's segment of ``nbytes``."""
@@ -165,7 +155,7 @@ def share_fields(node: Node, layout, schedule, mine: dict) -> dict:
         win = node.window(nbytes, dtype.itemsize)
         slots = shape[0] // _rows_of(layout, link) if nbytes else 1
         shared = SharedField(win, node.segment(win, None, shape, dtype) if nbytes else None,
-                             slots=slots, readable=node.readable)
+                             slots=slots)
         for peer in sorted(node.node_rank) if nbytes else ():  # no segment: MPI for this field
             if is_model:
                 w, s = peer, me

@@ -27,16 +27,12 @@ import time
 import numpy as np
 
 from ...kernels import numpy_ref
-from . import direct
 from .strategies import STRATEGIES, FieldMove, Strategy, register
-from ...errors import CouplingError
 from .waits import mpi, wait_all, wait_some
 
 # Tokens use the field's tag: a rank exchanges either tokens or data with a peer, never both.
 READ_FROM_YOU = 0  # the receiver's READY; WRITE_INTO_ME + k: write into buffer k of my segment
 WRITE_INTO_ME = 1
-READ_DIRECT = -1   # READY: read from you, and I can read your process's memory (cma)
-READ_DONE = -3     # the direct reader's answer: your memory is read, you may reuse it
 IN_PLACE = -1                         # the sender's DONE: written into the receiver's segment;
 # else DONE counts the rows of the sender's segment (flattened over tiles and levels) that are
 # ready: the sender stages STAGE_BYTES of rows at a time and says so after each step, so the
@@ -162,16 +158,7 @@ class Shared(Strategy):
         self.rows = int(np.prod(mine.shape[:3])) if mine is not None else 0
         n = len(self.local)
         steps = -(-self.rows // self.step) if self.rows else 0
-        self.token_in = np.zeros((max(n, 1), direct.PAYLOAD), dtype=np.int64)
-        self.addr_out = np.zeros((max(n, 1), direct.PAYLOAD), dtype=np.int64)
-        self.done_in = np.zeros((max(n, 1), 1), dtype=np.int64)
-        # receiving: the rows read straight out of each peer's memory, where the node allows
-        readable = shared.readable if shared is not None else {}
-        self.direct = [direct.DirectRows(self.peer_blocks[r.peer], self.mine_blocks[r.peer],
-                                         move.nz, item)
-                       if not send and r.peer - base in readable else None
-                       for r in self.local]
-        self.direct = [d if d is not None and d.ok else None for d in self.direct]
+        self.token_in = np.zeros((max(n, 1), 1), dtype=np.int64)
         self.token_out = np.zeros((max(n, 1), steps + 2), dtype=np.int64)
         self.ready = []          # the sender's pending READY receives
         self.token_sends = []    # this side's token sends not known to be complete
@@ -223,16 +210,10 @@ class Shared(Strategy):
         modes = self.token_in[:len(self.local), 0].tolist()
         mine = self.shared.mine
         in_segment = self.shared.slot_of(target, offset) is not None
-        readable = not in_segment and direct.can_be_read(target, self.move.dtype)
         last = [None] * len(self.local)
         readers = []
         for n, (r, mode) in enumerate(zip(self.local, modes)):
-            if mode == READ_DIRECT and readable:  # the peer copies out of the target itself
-                self.addr_out[n] = direct.payload(target, offset)
-                last[n] = self.move.comm.Irecv(self.done_in[n], r.peer, self.move.tag)
-                self.token_sends.append(self.move.comm.Isend(self.addr_out[n], r.peer,
-                                                             self.move.tag))
-            elif mode >= WRITE_INTO_ME and not in_segment:
+            if mode >= WRITE_INTO_ME and not in_segment:
                 peer = self.shared.peers[r.peer - self.move.peer_base]
                 pairs = self.pairs.get((r.peer, offset))
                 if pairs is None:
@@ -297,9 +278,8 @@ class Shared(Strategy):
         mode = READ_FROM_YOU if slot is None else WRITE_INTO_ME + slot
         self.shared.sync()  # this rank is done with the segment: peers may write it
         self._flush()
-        readable = mode == READ_FROM_YOU and direct.can_read_into(target, self.move.dtype)
         for n in range(len(self.local)):
-            self._token(n, 0, READ_DIRECT if readable and self.direct[n] else mode)
+            self._token(n, 0, mode)
         return self._merge([self._recv_token(n) for n in range(len(self.local))], far)
 
     def complete_recv(self, requests, wait, target, offset, sign):
@@ -325,10 +305,6 @@ class Shared(Strategy):
                     continue
                 n = local_at.index(i)
                 value = int(self.token_in[n, 0])
-                if value == direct.AT_ADDRESS:
-                    self._read_direct(n, target, offset)
-                    open_.discard(i)
-                    continue
                 if value != IN_PLACE:
                     self.shared.sync()
                     todo[n] = self._read(n, value, todo[n], target, offset, sign)
@@ -352,16 +328,6 @@ class Shared(Strategy):
             if dst is not None:  # None: a tile left out of the batch
                 self.copy(src[ks][lev:lev + 1], dst[lev:lev + 1], blocks, sign, stream)
         return k
-
-    def _read_direct(self, n: int, target, offset) -> None:
-        """Copy peer ``n``'s rows out of its memory, then tell it they are read."""
-        peer = self.local[n].peer - self.move.peer_base
-        try:
-            self.direct[n].read(self.shared.readable[peer], self.token_in[n], target, offset,
-                                f"{self.move.what}: {self.move.peer_label} {peer}")
-        except OSError as exc:
-            raise CouplingError(f"{exc} (did {self.move.peer_label} {peer} end?)") from exc
-        self._token(n, 1, READ_DONE)
 
     def _piece_blocks(self, n: int, offset) -> list[tuple]:
         """Peer ``n``'s read pieces as ``(rows needed, ks, level, kd, kernel blocks)`` with the
