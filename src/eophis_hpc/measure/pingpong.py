@@ -6,7 +6,9 @@ Usage: ``mpiexec -n 2 python -m eophis_hpc.measure.pingpong CONFIG.json`` with C
 ``sizes`` (bytes), ``out`` (the JSON record rank 0 writes), optional ``min_rounds`` (5),
 ``max_time`` (seconds per size, 0.2), ``time_limit`` (watchdog, 600 s), ``strided`` (false; true
 adds ``strided_one_way_median_s``: the same bytes as rows of ``row_bytes`` (8192) in rows
-``row_pad`` (640) bytes longer, a subarray datatype at both ends) and ``messages`` (0; N > 0
+``row_pad`` (640) bytes longer, a subarray datatype at both ends, or with ``strided_ends``
+"one" a subarray at rank 1 only, as a halo-extended tile receives and sends) and ``messages``
+(0; N > 0
 adds ``message_overhead_s``: N 8-byte messages each way, posted together, per message and end).
 
 Per size: rank 0 ``Send``s a buffer that rank 1 ``Recv``s and sends back; one round trip after a
@@ -61,17 +63,25 @@ def measure(comm, nbytes: int, min_rounds: int, max_time: float) -> list[float]:
 
 
 def measure_strided(comm, nbytes: int, row: int, pad: int, min_rounds: int,
-                    max_time: float) -> list[float]:
+                    max_time: float, ends: str = "both") -> list[float]:
     """As :func:`measure`, the bytes as rows of ``row`` bytes in an array of rows ``row + pad``
-    bytes long, described by a subarray datatype at both ends."""
+    bytes long, described by a subarray datatype at both ends (``ends="both"``) or at rank 1
+    only (``"one"``: each way has one contiguous and one strided end)."""
+    if ends not in ("both", "one"):
+        raise ValueError(f"strided_ends must be 'both' or 'one', got {ends!r}")
     MPI = mpi()
     rows = max(1, nbytes // row)
     shape = [rows, row + pad]
     dt = MPI.BYTE.Create_subarray(shape, [rows, row], [0, 0]).Commit()
     buf = np.full(shape, 7, dtype=np.uint8)
     back = np.zeros(shape, dtype=np.uint8)
+    if ends == "one" and comm.rank == 0:  # rank 0's rows are one contiguous piece
+        buf, back = buf[:, :row].copy(), back[:, :row].copy()
+        send, recv = buf, back
+    else:
+        send, recv = [buf, 1, dt], [back, 1, dt]
     try:
-        samples = _loop(comm, [buf, 1, dt], [back, 1, dt], min_rounds, max_time)
+        samples = _loop(comm, send, recv, min_rounds, max_time)
     finally:
         dt.Free()
     if comm.rank == 0 and not np.array_equal(back[:, :row], buf[:, :row]):
@@ -135,10 +145,12 @@ def probe(world, cfg) -> dict:
             out["one_way_median_s"].append(float(np.median(one_way)))
     if cfg.get("strided"):
         row, pad = int(cfg.get("row_bytes", 8192)), int(cfg.get("row_pad", 640))
+        ends = str(cfg.get("strided_ends", "both"))
         out["strided_row_bytes"], out["strided_row_pad"] = row, pad
+        out["strided_ends"] = ends
         out["strided_one_way_median_s"] = []
         for nbytes in cfg["sizes"]:
-            samples = measure_strided(world, int(nbytes), row, pad, rounds, max_time)
+            samples = measure_strided(world, int(nbytes), row, pad, rounds, max_time, ends)
             if world.rank == 0:
                 out["strided_one_way_median_s"].append(float(np.median(samples)) / 2)
     if int(cfg.get("messages", 0)) > 0:

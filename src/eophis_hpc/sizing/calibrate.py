@@ -2,7 +2,8 @@
 
 - two-rank MPI ping-pongs (:mod:`eophis_hpc.measure.pingpong`): latency (8 bytes), on-node
   bandwidth by message size (64 KiB to 256 MiB, contiguous), datatype bandwidth by size (the
-  same bytes through a strided subarray at both ends), the cost of one small message;
+  same bytes contiguous at one end, a subarray of the rows of the tiles predicted at the other:
+  :func:`tile_rows`), the cost of one small message;
 - the pack and unpack kernels on a plan's busiest rank (:mod:`eophis_hpc.measure.copyjobs`):
   copy bandwidth by size (1 to 64 levels);
 - a tiny coupled round trip (:mod:`eophis_hpc.measure.roundtrip`, 62x199, one level, 1:1): what
@@ -31,6 +32,15 @@ from .machine import Machine
 SIZES = [64 << 10, 512 << 10, 2 << 20, 8 << 20, 32 << 20, 256 << 20]  # bytes, the tables
 SMALL = 8
 COPY_LEVELS = (1, 4, 16, 64)
+MIN_ROUNDS = 9  # ping-pong rounds per size at least (a 256 MiB strided one takes ~0.1 s)
+
+
+def tile_rows(nx: int = 720, halo: int = 10, itemsize: int = 8) -> tuple[int, int]:
+    """``(row_bytes, row_pad)`` of a tile ``nx`` points wide with its halo: the rows a derived
+    datatype walks at the worker's end. The default is the tile ``--validate`` checks most
+    (eORCA05 at 1:1, halo 10, float64: 5,760-byte rows in 5,920-byte ones); a tile without a
+    halo gets a pad of one point (its datatype would be contiguous)."""
+    return nx * itemsize, max(1, 2 * halo) * itemsize
 
 
 def _say(progress: bool, text: str) -> None:
@@ -104,16 +114,21 @@ def exchange_overhead(machine: Machine, workdir: Path, repeats: int) -> float:
     return max(0.0, measured - predicted)
 
 
-def calibrate(repeats: int = 3, progress: bool = True, workdir: Path | None = None) -> Machine:
-    """Measure this machine; raises RuntimeError when an MPI job fails."""
+def calibrate(repeats: int = 3, progress: bool = True, workdir: Path | None = None,
+              rows: tuple[int, int] | None = None) -> Machine:
+    """Measure this machine; raises RuntimeError when an MPI job fails. ``rows``: the
+    ``(row_bytes, row_pad)`` of the strided ping-pong (default :func:`tile_rows`)."""
     from ..measure import jobs
+    row_bytes, row_pad = rows or tile_rows()
     with tempfile.TemporaryDirectory(prefix="eophis-calibrate-") as tmp:
         wd = Path(workdir or tmp)
         recs = []
         for k in range(repeats):
             _say(progress, f"ping-pong {k + 1}/{repeats}")
             jobs.wait_quiet(QUIET["max_wait"], QUIET["cores"])  # a shared machine
-            rec, err = jobs.run_pingpong([SMALL] + SIZES, wd, 300, strided=True, messages=64)
+            rec, err = jobs.run_pingpong([SMALL] + SIZES, wd, 300, strided=True, messages=64,
+                                         strided_ends="one", row_bytes=row_bytes,
+                                         row_pad=row_pad, min_rounds=MIN_ROUNDS)
             if rec is None:
                 raise RuntimeError(f"ping-pong failed: {err.splitlines()[0] if err else ''}")
             recs.append(rec)
@@ -130,6 +145,7 @@ def calibrate(repeats: int = 3, progress: bool = True, workdir: Path | None = No
             nic_bandwidth=largest, node_memory_bandwidth=copy[-1][1] * cores,
             copy_bandwidth=copy, datatype_bandwidth=pp["datatype_bandwidth"],
             message_overhead_s=pp["message_overhead_s"], exchange_overhead_s=0.0,
+            datatype_row_bytes=int(row_bytes),
             source=(f"measured by eophis-hpc plan --calibrate, the fastest of {repeats} runs; "
                     "one node: the network figures are the on-node ones and the node's memory "
                     "bandwidth is cores x one rank's largest copy (an upper bound)"))

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+STRATEGY_CHOICES = ("shm", "packed", "datatype", "pipelined", "all", "both")
 BOUNDARIES = {"east_west": ("closed", "cyclic"), "south": ("closed", "cyclic"),
               "north": ("closed", "cyclic", "fold")}
 
@@ -57,8 +58,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "about a minute) and write its figures to FILE")
     c.add_argument("--validate", action="store_true",
                    help="measure round trips here (1:1, 2:1, 1:2, 2:2; 1 and 75 levels; halo 0 "
-                        "and 10; both strategies) and print them next to the predictions")
-    c.add_argument("--strategy", choices=("packed", "datatype", "both"), default="both")
+                        "and 10; packed and datatype, shm and pipelined at 1:1) and print "
+                        "them next to the predictions")
+    c.add_argument("--strategy", choices=STRATEGY_CHOICES, default="all",
+                   help="the transport strategies to predict: one of them, all (default), or "
+                        "both (packed and datatype)")
+    c.add_argument("--chunk", type=int, default=None, metavar="BYTES",
+                   help="bytes per message of the pipelined strategy (default: its own, "
+                        "1 MiB)")
+    c.add_argument("--shm-buffers", action="store_true",
+                   help="the model puts from and gets into Coupler.buffer arrays (shm: the "
+                        "workers make the copies on a node)")
     c.add_argument("--inference-ms", type=float, default=None,
                    help="measured model call per tile, for the tiles of --workers")
     c.add_argument("--model-step-ms", type=float, default=None,
@@ -226,7 +236,11 @@ def build_job(args, cores_per_node: int):
             raise ArgError(f"--nodes {args.nodes}: {len(model_nodes)} model and "
                            f"{len(worker_nodes)} worker node names for {len(model.boxes)} model "
                            f"ranks and {args.workers} workers")
-    strategies = ("packed", "datatype") if args.strategy == "both" else (args.strategy,)
+    from .cost import STRATEGIES
+    strategies = {"all": STRATEGIES, "both": ("packed", "datatype")}.get(args.strategy,
+                                                                          (args.strategy,))
+    if args.chunk is not None and args.chunk < 1:
+        raise ArgError(f"--chunk must be a positive number of bytes, got {args.chunk}")
     job = Job(grid, model, levels=args.levels, itemsize=4 if args.dtype == "float32" else 8,
               halo=args.halo, fields_in=args.fields_in, fields_out=args.fields_out,
               tiles_per_worker=args.tiles_per_worker, placement=args.placement,
@@ -234,7 +248,8 @@ def build_job(args, cores_per_node: int):
               inference_s_per_tile=None if args.inference_ms is None else args.inference_ms / 1e3,
               reference_workers=args.workers,
               model_step_s=None if args.model_step_ms is None else args.model_step_ms / 1e3,
-              strategies=strategies, **per_node)
+              strategies=strategies, chunk=args.chunk, shm_buffers=args.shm_buffers,
+              **per_node)
     sweep = _sweep(args.sweep, args.workers)
     if args.nodes and sweep is not None and sweep != [args.workers]:
         raise ArgError("--nodes names the nodes of --workers workers only: leave out --sweep")
@@ -245,12 +260,17 @@ def build_job(args, cores_per_node: int):
 
 def main(args) -> int:
     from . import report
+    rows = None  # the strided ping-pong's rows: the validated tiles', or those of --grid
     try:
         machine = _machine(args)  # None: measured below (--calibrate)
         if args.grid is None and not (args.calibrate or args.validate):
             raise ArgError("--grid is required (a preset such as eORCA025, or NXxNY)")
         if args.grid is not None:  # every argument checked before anything is measured
-            build_job(args, machine.cores_per_node if machine else 1)
+            job, _ = build_job(args, machine.cores_per_node if machine else 1)
+            if machine is None:
+                from .calibrate import tile_rows
+                rows = tile_rows(job.tiles_for(args.workers).max_shape()[1], job.halo,
+                                 job.itemsize)
         for path in (args.json, args.png, args.calibrate):
             if path and not Path(path).resolve().parent.is_dir():
                 raise ArgError(f"{path}: its folder does not exist")
@@ -260,7 +280,7 @@ def main(args) -> int:
     if machine is None:
         from .calibrate import calibrate
         try:
-            machine = calibrate(progress=not args.quiet)
+            machine = calibrate(progress=not args.quiet, rows=rows)
         except RuntimeError as exc:
             print(f"eophis-hpc plan --calibrate: {exc}", file=sys.stderr)
             return 1

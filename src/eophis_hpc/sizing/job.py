@@ -28,7 +28,9 @@ class Job:
     blocks), ``shared`` gives node ``k`` model ranks ``[k*m, (k+1)*m)`` and workers
     ``[k*w, (k+1)*w)``. ``model_nodes``/``worker_nodes`` (node names, one per rank) override both.
     ``inference_s_per_tile`` is the model call's time for one tile of the layout with
-    ``reference_workers`` workers; other tile sizes scale it by their cells.
+    ``reference_workers`` workers; other tile sizes scale it by their cells. ``chunk`` is the
+    ``pipelined`` strategy's bytes per message (None: its default), ``shm_buffers`` says the
+    model puts from and gets into ``Coupler.buffer`` arrays (``shm``: the workers copy).
     """
 
     grid: Grid
@@ -49,6 +51,8 @@ class Job:
     reference_workers: int | None = None
     model_step_s: float | None = None
     strategies: tuple = cost.STRATEGIES
+    chunk: int | None = None
+    shm_buffers: bool = False
     _ref_cells: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -117,7 +121,9 @@ def evaluate(job: Job, machine: Machine, n_workers: int, node_aware: bool = True
         t = traffic.messages(plan, job.levels, job.itemsize, owner, model_node, worker_node,
                              model_halo=job.model_halo)
         preds = {s: cost.predict(t, machine, s, job.fields_in, job.fields_out, t_infer,
-                                 job.model_step_s).to_dict() for s in job.strategies}
+                                 job.model_step_s, chunk=job.chunk,
+                                 shm_buffers=job.shm_buffers).to_dict()
+                 for s in job.strategies}
         out["predictions"][label] = preds
         if label == "placed" or placed.moved == 0:
             out["traffic"] = traffic.summary(t, job.fields_in, job.fields_out)

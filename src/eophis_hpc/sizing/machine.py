@@ -30,10 +30,14 @@ FIELDS = {
     "datatype_bandwidth": "bytes/s at which MPI moves a non-contiguous derived datatype",
     "message_overhead_s": "CPU seconds to post and complete one message at one end",
     "exchange_overhead_s": "fixed seconds per exchange and round trip (notes, Python calls)",
+    "datatype_row_bytes": "length of the contiguous rows the datatype bandwidth was measured "
+                          "with (optional; 8192, the calibration's rows before it measured the "
+                          "tiles' own)",
     "source": "how the figures were obtained (measured here, nominal, ...)",
 }
 SIZED = ("onnode_bandwidth", "network_bandwidth", "copy_bandwidth", "datatype_bandwidth")
 _TEXT = ("name", "source")
+OPTIONAL = {"source": "", "datatype_row_bytes": 8192}  # keys a file may leave out: defaults
 
 
 def _number(name: str, value) -> float:
@@ -78,6 +82,7 @@ class Machine:
     message_overhead_s: float
     exchange_overhead_s: float
     source: str = ""
+    datatype_row_bytes: int = OPTIONAL["datatype_row_bytes"]
 
     def __post_init__(self):
         for f in fields(self):
@@ -85,9 +90,9 @@ class Machine:
             if f.name in _TEXT:
                 if not isinstance(value, str):
                     raise ValueError(f"machine: {f.name} must be a string, got {value!r}")
-            elif f.name == "cores_per_node":
+            elif f.name in ("cores_per_node", "datatype_row_bytes"):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ValueError(f"machine: cores_per_node must be a positive integer, got "
+                    raise ValueError(f"machine: {f.name} must be a positive integer, got "
                                      f"{value!r}")
             elif f.name in SIZED:
                 object.__setattr__(self, f.name, _table(f.name, value))
@@ -109,7 +114,7 @@ class Machine:
         unknown = sorted(set(data) - set(FIELDS))
         if unknown:
             raise ValueError(f"{where}: unknown key {unknown[0]!r}; keys: {', '.join(FIELDS)}")
-        missing = [k for k in FIELDS if k not in data and k != "source"]
+        missing = [k for k in FIELDS if k not in data and k not in OPTIONAL]
         if missing:
             raise ValueError(f"{where}: missing {missing[0]!r} ({FIELDS[missing[0]]})")
         try:
@@ -170,7 +175,8 @@ class Machine:
                 f"{bw('onnode_bandwidth')}; across {bw('network_bandwidth')} (NIC "
                 f"{self.nic_bandwidth / 1e9:.1f} GB/s per node); copies {bw('copy_bandwidth')} "
                 f"per rank, {self.node_memory_bandwidth / 1e9:.0f} GB/s per node; datatypes "
-                f"{bw('datatype_bandwidth')}; {self.message_overhead_s * 1e6:.2f} us per message, "
+                f"{bw('datatype_bandwidth')} (rows of {_size(self.datatype_row_bytes)}); "
+                f"{self.message_overhead_s * 1e6:.2f} us per message, "
                 f"{self.exchange_overhead_s * 1e6:.0f} us per exchange"
                 + (f" ({self.source})" if self.source else ""))
 

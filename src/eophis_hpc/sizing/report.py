@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from . import job as jobmod
+from . import cost, job as jobmod
 from .machine import Machine
 
 MIB = 2**20
@@ -94,7 +94,8 @@ def _job_dict(job: jobmod.Job) -> dict:
             "placement": job.placement, "model_halo": job.model_halo,
             "inference_s_per_tile": job.inference_s_per_tile,
             "reference_workers": job.reference_workers, "model_step_s": job.model_step_s,
-            "model_holes": job.model.holes}
+            "model_holes": job.model.holes, "strategies": list(job.strategies),
+            "pipeline_chunk": job.chunk or cost.PIPELINE_CHUNK, "shm_buffers": job.shm_buffers}
 
 
 def _grid_label(g: dict) -> str:
@@ -150,13 +151,16 @@ def text(r: dict) -> str:
               f"total {_mb(w['total_packed'])} packed, {_mb(w['total_datatype'])} datatype",
               f"memory per model rank (max): total {_mb(m['total_packed'])} packed, "
               f"{_mb(m['total_datatype'])} datatype (layout {_mb(m['layout'])})", ""]
-    lines.append("predicted exchange per step (slowest rank per step):")
+    lines.append("predicted exchange per step (slowest rank per step; pipelined: "
+                 f"{_mb(job['pipeline_chunk'])} chunks" + ("; shm: the model's Coupler.buffer "
+                                                           "arrays" if job["shm_buffers"] else "")
+                 + "):")
     for s, p in lay["predictions"]["placed"].items():
         today = lay["predictions"]["today"][s]["exchange_s"]
         ph = ", ".join(f"{k} {_ms(v)}" for k, v in p["phases_s"].items() if v)
-        lines.append(f"  {s:<8} {_ms(p['exchange_s'])} (today's tile order {_ms(today)}): {ph}")
+        lines.append(f"  {s:<9} {_ms(p['exchange_s'])} (today's tile order {_ms(today)}): {ph}")
         if p["step_lag0_s"] is not None:
-            lines.append(f"           step {_ms(p['step_lag0_s'])} at lag 0, "
+            lines.append(f"            step {_ms(p['step_lag0_s'])} at lag 0, "
                          f"{_ms(p['step_lag1_s'])} at lag 1 (model alone "
                          f"{_ms(job['model_step_s'])})")
     if len(r["tile_alternatives"]) > 1:

@@ -21,13 +21,18 @@ from .machine import Machine
 
 GRID = "eORCA05"  # 720x603, cyclic, F-pivot fold
 PQ = ((1, 1), (2, 1), (1, 2), (2, 2))
+EVERYWHERE = ("packed", "datatype")   # measured at every P:Q
+ONE_TO_ONE = ("shm", "pipelined")     # measured at 1:1 only (more ranks than cores: noise)
 
 
 def matrix(grid: str = GRID, levels=(1, 75), halos=(0, 10), pq=PQ,
-           strategies=cost.STRATEGIES) -> list[dict]:
-    """Round-trip configurations (keys of the probe), float64, one tile per worker."""
+           strategies=EVERYWHERE + ONE_TO_ONE, one_to_one_only=ONE_TO_ONE) -> list[dict]:
+    """Round-trip configurations (keys of the probe), float64, one tile per worker; the
+    strategies of ``one_to_one_only`` only where ``P = Q = 1``."""
     out = []
     for nz, h, (p, q), s in itertools.product(levels, halos, pq, strategies):
+        if s in one_to_one_only and (p, q) != (1, 1):
+            continue
         steps = {"warmup": 3, "steps": 30} if nz == 1 else {"warmup": 2, "steps": 6}
         out.append({"grid": grid, "levels": nz, "dtype": "float64", "halo": h, "P": p, "Q": q,
                     "strategy": s, "backend": None, "tiles": q, "naive": False, **steps})
@@ -41,7 +46,8 @@ def predict_roundtrip(machine: Machine, cfg: dict) -> float:
     job = jobmod.Job(g, Decomposition.auto(g, p), levels=cfg["levels"],
                      itemsize=8 if cfg["dtype"] == "float64" else 4, halo=cfg["halo"],
                      tiles_per_worker=max(1, cfg.get("tiles", q) // q), model_per_node=p,
-                     workers_per_node=q, placement="shared", strategies=(cfg["strategy"],))
+                     workers_per_node=q, placement="shared", strategies=(cfg["strategy"],),
+                     chunk=cfg.get("chunk"), shm_buffers=bool(cfg.get("buffers")))
     res = jobmod.evaluate(job, machine, q, node_aware=False)
     return res["predictions"]["today"][cfg["strategy"]]["exchange_s"]
 
