@@ -4,6 +4,7 @@ machine file, the plateau."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -279,3 +280,186 @@ def test_bandwidth_tables_interpolate_in_log_size(tmp_path):
               for nz in (1, 8))
     for s in cost.STRATEGIES:
         assert cost.predict(t8, m, s).exchange_s > cost.predict(t1, m, s).exchange_s
+
+
+# ----------------------------------------------------------------- shm and pipelined
+def one_to_one(nz=2, halo=0, model_halo=0, worker_node=0, grid=(8, 4)):
+    g = eh.Grid(*grid)
+    dec = eh.Decomposition.auto(g, 1)
+    plan = eh.Plan(g, dec, dec, halo)
+    return traffic.messages(plan, nz, 8, np.zeros(1, int), np.zeros(1, int),
+                            np.full(1, worker_node), model_halo=model_halo)
+
+
+def test_strategy_names_and_defaults_are_the_transports():
+    from eophis_hpc.transport.mpi import pipelined, shared, strategies
+    assert set(cost.STRATEGIES) == set(strategies.names())
+    assert cost.STRATEGIES[0] == strategies.DEFAULT == "shm"
+    assert cost.PIPELINE_CHUNK == pipelined.DEFAULT_CHUNK
+    if not os.environ.get("EOPHIS_HPC_SHM_STAGE"):
+        assert cost.SHM_STAGE_BYTES == shared.STAGE_BYTES
+    assert jobmod.Job(eh.Grid(8, 4), eh.Decomposition.auto(eh.Grid(8, 4), 1)).strategies \
+        == cost.STRATEGIES
+
+
+def test_shm_one_to_one_worked_by_hand():
+    """8x4, 1:1 on one node, 2 levels float64 (512 bytes each way): the model rank copies into
+    the worker's batch (one copy, READY and DONE); the worker stages its output while the model
+    rank reads it (two copies at once, the reads one step behind). With Coupler.buffer arrays
+    the worker makes both copies."""
+    t = one_to_one()
+    m = MACHINE
+    b, o, lat = 512, m.message_overhead_s, m.latency_s
+    copy = b / min(m.copy_bandwidth, m.node_memory_bandwidth)
+    shm = cost.predict(t, m, "shm")
+    assert shm.phases["scatter"] == pytest.approx(2 * lat + copy + 2 * o)
+    two = b / min(m.copy_bandwidth, m.node_memory_bandwidth / 2)  # two ranks copy at once
+    assert shm.phases["gather"] == pytest.approx(2 * lat + two + 2 * o + two)
+    assert shm.exchange_s == pytest.approx(shm.phases["scatter"] + shm.phases["gather"]
+                                           + m.exchange_overhead_s)
+    assert shm.model_cpu_s == pytest.approx(copy + 2 * o + two + 2 * o + o)  # + the note
+    buf = cost.predict(t, m, "shm", shm_buffers=True)
+    assert buf.phases["scatter"] == pytest.approx(2 * lat + copy + 2 * o)
+    assert buf.phases["gather"] == pytest.approx(2 * lat + copy + 2 * o)
+    assert buf.model_cpu_s == pytest.approx(4 * o + o)  # tokens only: the worker copies
+    assert buf.exchange_s < shm.exchange_s
+
+
+@pytest.mark.parametrize("buffers", [False, True])
+def test_shm_on_one_node_uses_no_mpi_bandwidth(buffers):
+    """Every route on a node: no network, no MPI message bandwidth, no datatype walk; copies
+    and latency only."""
+    g = eh.Grid(256, 128, "cyclic", north="fold")
+    plan = eh.Plan(g, eh.Decomposition.auto(g, 4), eh.Decomposition.auto(g, 2), halo=2)
+    t = traffic.messages(plan, 20, 8, owners(2, 2), np.zeros(4, int), np.zeros(2, int))
+    base = cost.predict(t, MACHINE, "shm", shm_buffers=buffers).exchange_s
+    for field in ("onnode_bandwidth", "network_bandwidth", "nic_bandwidth", "datatype_bandwidth",
+                  "network_latency_s"):
+        other = replace(MACHINE, **{field: getattr(MACHINE, field) * 7})
+        assert cost.predict(t, other, "shm", shm_buffers=buffers).exchange_s == base, field
+    slower = replace(MACHINE, copy_bandwidth=MACHINE.copy_bandwidth / 4)
+    assert cost.predict(t, slower, "shm", shm_buffers=buffers).exchange_s > base
+    later = replace(MACHINE, latency_s=MACHINE.latency_s * 10)
+    assert cost.predict(t, later, "shm", shm_buffers=buffers).exchange_s > base
+    # with fields of megabytes (copies, not messages, dominate) it beats the strategies that
+    # go through MPI here (two MPI copies or a datatype walk; small fields: two tokens per
+    # peer against one message)
+    for s in ("packed", "datatype"):
+        assert base < cost.predict(t, MACHINE, s).exchange_s
+
+
+def test_shm_across_nodes_is_datatype():
+    g = eh.Grid(64, 32)
+    plan = eh.Plan(g, eh.Decomposition.auto(g, 4), eh.Decomposition.auto(g, 2), halo=1)
+    t = traffic.messages(plan, 4, 8, owners(2, 2), np.zeros(4, int), np.array([1, 2]))
+    assert not t.scatter.onnode.any() and not t.gather.onnode.any()
+    shm, dt = (cost.predict(t, MACHINE, s, 2, 1, 1e-3, 0.5) for s in ("shm", "datatype"))
+    for k in ("scatter", "gather"):
+        assert shm.phases[k] == pytest.approx(dt.phases[k])
+    assert shm.exchange_s == pytest.approx(dt.exchange_s)
+    assert shm.step_lag1_s == pytest.approx(dt.step_lag1_s)
+
+
+@SETTINGS
+@given(case=layouts(), nz=st.integers(1, 3), seed=st.integers(0, 2**31),
+       buffers=st.booleans())
+def test_shm_with_some_routes_off_node_takes_the_slower_of_both(case, nz, seed, buffers):
+    """A direction of shm is never faster than its off-node routes alone through datatype, nor
+    than its on-node routes alone through the windows."""
+    plan, q = case
+    rng = np.random.default_rng(seed)
+    owner = owners(plan.n_dst, q)
+    t = traffic.messages(plan, nz, 8, owner, rng.integers(0, 2, plan.n_src),
+                         rng.integers(0, 2, q))
+
+    def only(msg, keep):
+        return traffic.Messages(*(getattr(msg, f)[keep] for f in (
+            "sender", "receiver", "nbytes", "blocks", "onnode", "contig_send", "contig_recv")))
+    full = cost.predict(t, MACHINE, "shm", shm_buffers=buffers)
+    for part in (False, True):  # the off-node routes, the on-node ones
+        sub = replace(t, scatter=only(t.scatter, t.scatter.onnode == part),
+                      gather=only(t.gather, t.gather.onnode == part))
+        alone = cost.predict(sub, MACHINE, "datatype" if not part else "shm", shm_buffers=buffers)
+        for k in ("scatter", "gather"):
+            assert full.phases[k] >= alone.phases[k] * (1 - 1e-12)
+
+
+def test_pipelined_with_one_chunk_is_packed():
+    """Every end non-contiguous (a tile with a halo, a model array with its own), one chunk
+    per message: the pack, transfer and unpack follow one another as in packed."""
+    t = one_to_one(nz=3, halo=1, model_halo=1, grid=(16, 12))
+    for msg in (t.scatter, t.gather):
+        assert not msg.contig_send.any() and not msg.contig_recv.any()
+    for args in ((1, 1), (2, 1), (1, 3)):
+        packed = cost.predict(t, MACHINE, "packed", *args)
+        one = cost.predict(t, MACHINE, "pipelined", *args, chunk=10**9)
+        if args == (1, 1):
+            assert one.exchange_s == pytest.approx(packed.exchange_s, rel=1e-12)
+        else:  # with several fields, the next field's pack overlaps this one's transfer
+            assert one.exchange_s <= packed.exchange_s * (1 + 1e-12)
+    # a contiguous end is sent from (received into) the caller's memory: no copy there
+    plain = one_to_one(nz=3, grid=(16, 12))
+    assert plain.scatter.contig_send.all() and plain.scatter.contig_recv.all()
+    assert (cost.predict(plain, MACHINE, "pipelined", chunk=10**9).exchange_s
+            < cost.predict(plain, MACHINE, "packed").exchange_s)
+
+
+def test_pipelined_chunks_overlap_pack_and_network():
+    """Across nodes the chunks' packs overlap their transfers: with cheap messages, more
+    chunks shorten the exchange, down to the slowest resource; message costs bring it back."""
+    t = one_to_one(nz=16, halo=2, model_halo=1, worker_node=1, grid=(128, 64))
+    b = float(t.scatter.nbytes[0])
+    cheap = replace(MACHINE, message_overhead_s=0.0)
+    times = [cost.predict(t, cheap, "pipelined", chunk=int(b / n)).phases["scatter"]
+             for n in (1, 2, 8, 64)]
+    assert all(a > c for a, c in zip(times, times[1:])), times
+    pack = b / MACHINE.copy_bandwidth
+    link = b / MACHINE.network_bandwidth
+    unpack = b / MACHINE.copy_bandwidth
+    assert times[0] == pytest.approx(cheap.network_latency_s + pack + link + unpack)
+    assert times[-1] >= cheap.network_latency_s + max(pack, link, unpack)
+    assert times[-1] < cost.predict(t, cheap, "packed").exchange_s
+    costly = replace(MACHINE, message_overhead_s=1e-3)
+    assert (cost.predict(t, costly, "pipelined", chunk=int(b / 64)).exchange_s
+            > cost.predict(t, costly, "pipelined", chunk=int(b / 2)).exchange_s)
+
+
+def test_bad_chunk_and_strategy_are_named():
+    t = one_to_one()
+    with pytest.raises(ValueError, match="chunk must be at least 1 byte"):
+        cost.predict(t, MACHINE, "pipelined", chunk=0)
+    with pytest.raises(ValueError, match="strategy 'mpi' is not one of shm, packed"):
+        cost.predict(t, MACHINE, "mpi")
+
+
+def test_validation_matrix_measures_shm_and_pipelined_at_one_to_one():
+    from eophis_hpc.sizing import validate
+    rows = validate.matrix()
+    by = {}
+    for cfg in rows:
+        by.setdefault(cfg["strategy"], set()).add((cfg["P"], cfg["Q"]))
+    assert by["packed"] == by["datatype"] == set(validate.PQ)
+    assert by["shm"] == by["pipelined"] == {(1, 1)}
+    assert len(rows) == 2 * 2 * (2 * len(validate.PQ) + 2)
+    m = Machine.load("opa100-40core")
+    small = dict(rows[0], grid="DINO")
+    got = {s: validate.predict_roundtrip(m, dict(small, strategy=s, halo=2))
+           for s in cost.STRATEGIES}
+    assert all(v > 0 for v in got.values())
+    assert got["shm"] < got["datatype"] < got["packed"]
+    assert validate.predict_roundtrip(m, dict(small, strategy="shm", halo=2, buffers=True)) \
+        < got["shm"]
+
+
+def test_machine_files_without_the_row_length_get_the_old_default(tmp_path):
+    data = MACHINE.to_dict()
+    del data["datatype_row_bytes"]
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(data))
+    assert Machine.load(p).datatype_row_bytes == 8192
+    p.write_text(json.dumps(dict(data, datatype_row_bytes=0)))
+    with pytest.raises(ValueError, match="datatype_row_bytes must be a positive integer"):
+        Machine.load(p)
+    from eophis_hpc.sizing.calibrate import tile_rows
+    assert tile_rows() == (720 * 8, 20 * 8)
+    assert tile_rows(100, 0, 4) == (400, 4)

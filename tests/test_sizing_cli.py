@@ -94,6 +94,40 @@ def test_without_matplotlib_says_how_to_install_it(tmp_path):
     assert "pip install 'eophis_hpc[plot]'" in res.stderr and not png.exists()
 
 
+def test_all_four_strategies_are_predicted_and_one_can_be_picked(tmp_path):
+    js = tmp_path / "plan.json"
+    base = ["--grid", "ORCA2", "--model-ranks", "4", "--workers", "2", "--halo", "1",
+            "--levels", "10", "--machine", "opa100-40core", "--placement", "shared",
+            "--sweep", "1,2", "--quiet"]
+    res = plan(*base, "--json", str(js))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    at = lines.index(next(x for x in lines if x.startswith("predicted exchange")))
+    assert [x.split()[0] for x in lines[at + 1:at + 5]] == ["shm", "packed", "datatype",
+                                                            "pipelined"]
+    assert "pipelined: chunks of 1 MiB" in lines[at]
+    doc = json.loads(js.read_text())
+    assert list(doc["layout"]["predictions"]["placed"]) == ["shm", "packed", "datatype",
+                                                           "pipelined"]
+    assert set(doc["plateau"]["workers"]) == {"shm", "packed", "datatype", "pipelined"}
+    assert all(set(r["predictions"]) == set(doc["plateau"]["workers"]) for r in doc["sweep"])
+    assert doc["job"]["pipeline_chunk"] == 2**20 and doc["job"]["shm_buffers"] is False
+    shm = doc["layout"]["predictions"]["placed"]["shm"]["exchange_s"]
+    res = plan(*base, "--strategy", "shm", "--shm-buffers", "--json", str(js))
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(js.read_text())
+    assert list(doc["layout"]["predictions"]["placed"]) == ["shm"]
+    assert doc["layout"]["predictions"]["placed"]["shm"]["exchange_s"] < shm
+    res = plan(*base, "--strategy", "pipelined", "--chunk", "4096", "--json", str(js))
+    assert res.returncode == 0, res.stderr
+    assert "pipelined: chunks of 4 KiB)" in res.stdout
+    doc = json.loads(js.read_text())
+    assert list(doc["plateau"]["workers"]) == ["pipelined"]
+    assert doc["job"]["pipeline_chunk"] == 4096
+    res = plan(*base, "--strategy", "both", "--json", str(js))
+    assert list(json.loads(js.read_text())["plateau"]["workers"]) == ["packed", "datatype"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--grid", "ORCA3", "--model-ranks", "2", "--workers", "1"], "unknown grid 'ORCA3'"),
     (["--model-ranks", "2", "--workers", "1"], "--grid is required"),
@@ -117,6 +151,8 @@ def test_without_matplotlib_says_how_to_install_it(tmp_path):
      "--inference-ms must be 0 or more"),
     (["--grid", "ORCA2", "--model-ranks", "2", "--workers", "1", "--json", "/no/such/x.json"],
      "its folder does not exist"),
+    (["--grid", "ORCA2", "--model-ranks", "2", "--workers", "1", "--chunk", "0"],
+     "--chunk must be a positive number of bytes"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_arguments_fail_in_one_line(args, message):
     res = plan(*args, "--machine", "opa100-40core")

@@ -95,11 +95,14 @@ def test_calibrate_then_validate_one_configuration(tmp_path):
     assert isinstance(m.onnode_bandwidth, tuple) and len(m.onnode_bandwidth) == 6
     assert len(m.copy_bandwidth) == 4
     assert m.latency_s > 0 and m.message_overhead_s > 0 and m.exchange_overhead_s >= 0
+    assert m.datatype_row_bytes == 720 * 8  # the validated tiles' rows
     m.save(tmp_path / "m.json")
     assert Machine.load(tmp_path / "m.json") == m
     cfg = {"grid": "DINO", "levels": 2, "dtype": "float64", "halo": 1, "P": 1, "Q": 1,
            "strategy": "packed", "backend": None, "tiles": 1, "warmup": 2, "steps": 5,
            "naive": False}
-    rows = validate(m, [cfg], repeats=1, progress=False, workdir=tmp_path, quiet_wait=0)
-    assert len(rows) == 1 and rows[0]["measured_s"] > 0 and rows[0]["predicted_s"] > 0
-    assert "62x199 nz2 h1 packed 1:1" in table(rows)
+    cfgs = [dict(cfg, strategy=s) for s in ("packed", "shm", "pipelined")]
+    rows = validate(m, cfgs, repeats=1, progress=False, workdir=tmp_path, quiet_wait=0)
+    assert len(rows) == 3 and all(r["measured_s"] > 0 and r["predicted_s"] > 0 for r in rows)
+    for s in ("packed", "shm", "pipelined"):
+        assert f"62x199 nz2 h1 {s} 1:1" in table(rows)

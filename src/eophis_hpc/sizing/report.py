@@ -112,6 +112,10 @@ def _mb(b) -> str:
     return f"{b / MIB:.1f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
 
 
+def _chunk(b: int) -> str:
+    return f"{b / MIB:g} MiB" if b >= MIB else f"{b / 1024:g} KiB" if b >= 1024 else f"{b} B"
+
+
 def text(r: dict) -> str:
     """The human-readable answer."""
     lay, job = r["layout"], r["job"]
@@ -151,10 +155,12 @@ def text(r: dict) -> str:
               f"total {_mb(w['total_packed'])} packed, {_mb(w['total_datatype'])} datatype",
               f"memory per model rank (max): total {_mb(m['total_packed'])} packed, "
               f"{_mb(m['total_datatype'])} datatype (layout {_mb(m['layout'])})", ""]
-    lines.append("predicted exchange per step (slowest rank per step; pipelined: "
-                 f"{_mb(job['pipeline_chunk'])} chunks" + ("; shm: the model's Coupler.buffer "
-                                                           "arrays" if job["shm_buffers"] else "")
-                 + "):")
+    notes = [f"pipelined: chunks of {_chunk(job['pipeline_chunk'])}"
+             if "pipelined" in job["strategies"] else "",
+             "shm: the model's Coupler.buffer arrays"
+             if job["shm_buffers"] and "shm" in job["strategies"] else ""]
+    lines.append("predicted exchange per step (slowest rank per step"
+                 + "".join(f"; {n}" for n in notes if n) + "):")
     for s, p in lay["predictions"]["placed"].items():
         today = lay["predictions"]["today"][s]["exchange_s"]
         ph = ", ".join(f"{k} {_ms(v)}" for k, v in p["phases_s"].items() if v)
