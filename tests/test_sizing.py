@@ -211,6 +211,23 @@ def test_memory_counts_the_batches_and_buffers():
     _, send = t.gather.per_rank("sender", 3)
     assert mem["worker"]["packed_buffers"] == max(recv * 2 + send)
     assert mem["worker"]["total_packed"] > mem["worker"]["batches"] + memory.RUNTIME_BYTES
+    # shm: every rank on one node, so no datatypes; the output segments are the own boxes of
+    # the worker's tiles, a model rank's segments its box per field
+    own = [0] * 3
+    for d, w in enumerate(owner):
+        own[w] += plan.dst.boxes[d].size * 5 * 4
+    assert mem["worker"]["shm_segments"] == max(own) * 1
+    assert mem["worker"]["total_shm"] == (memory.RUNTIME_BYTES + mem["worker"]["layout"]
+                                          + mem["worker"]["batches"] + max(own))
+    box = max(b.size for b in plan.src.boxes)
+    assert mem["model_rank"]["total_shm"] == (memory.RUNTIME_BYTES + mem["model_rank"]["layout"]
+                                              + box * 5 * 4 * 3)
+    assert mem["worker"]["total_pipelined"] == mem["worker"]["total_packed"]
+    # off the node, shm's routes keep their datatypes
+    far = traffic.messages(plan, 5, 4, owner, np.zeros(6, int), np.ones(3, int))
+    far_mem = memory.estimate(plan, far, owner, 5, 4, fields_in=2, fields_out=1)
+    assert far_mem["worker"]["total_shm"] == (mem["worker"]["total_shm"]
+                                              + far_mem["worker"]["datatypes"])
 
 
 def test_plateau_is_the_fewest_workers_near_the_best():

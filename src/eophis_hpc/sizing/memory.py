@@ -1,10 +1,13 @@
 """Memory of one worker and one model rank (pure estimates, bytes).
 
 Counted: the batches the model reads and writes (inputs with the halo, outputs with it, the
-worst case), the packed strategy's persistent buffers, the committed MPI datatypes of the
-datatype strategy, the layout every rank builds (plan tables and boxes), and the Python runtime
-(interpreter, NumPy, mpi4py, the kernels). Not counted: the ML framework and its model, and MPI's
-own buffers.
+worst case), the persistent buffers of the packed and pipelined strategies (one buffer of all
+routes each), the committed MPI datatypes of the datatype strategy, the shared-memory segments
+of the shm strategy (a worker's input batches are its window, so only its output segments, the
+tiles' own boxes, come on top; a model rank's box per field) with the datatypes of its off-node
+routes, the layout every rank builds (plan tables and boxes), and the Python runtime
+(interpreter, NumPy, mpi4py, the kernels). Not counted: the ML framework and its model, MPI's
+own buffers, and the second set of input batches of lagged exchanges.
 """
 from __future__ import annotations
 
@@ -47,6 +50,20 @@ def estimate(plan: Plan, t: Traffic, owner: np.ndarray, nz: int, itemsize: int,
     m_runs = (np.bincount(t.scatter.sender, weights=t.scatter.blocks, minlength=t.n_model)
               * fields_in + np.bincount(t.gather.receiver, weights=t.gather.blocks,
                                         minlength=t.n_model) * fields_out)
+    # shm: off-node routes keep their datatypes; the segments of the windows
+    w_far = (np.bincount(t.scatter.receiver, weights=t.scatter.blocks * ~t.scatter.onnode,
+                         minlength=t.n_workers) * fields_in
+             + np.bincount(t.gather.sender, weights=t.gather.blocks * ~t.gather.onnode,
+                           minlength=t.n_workers) * fields_out)
+    m_far = (np.bincount(t.scatter.sender, weights=t.scatter.blocks * ~t.scatter.onnode,
+                         minlength=t.n_model) * fields_in
+             + np.bincount(t.gather.receiver, weights=t.gather.blocks * ~t.gather.onnode,
+                           minlength=t.n_model) * fields_out)
+    own = np.array([b.size for b in plan.dst.boxes], dtype=np.float64)
+    w_own = np.bincount(owner, weights=own, minlength=t.n_workers) * nz * itemsize
+    w_segments = float(np.max(w_own)) * fields_out
+    m_segments = float(max(b.size for b in plan.src.boxes)) * nz * itemsize * (fields_in
+                                                                              + fields_out)
     lay = layout_bytes(plan)
     common = RUNTIME_BYTES + lay
     worker = {"batches": batch_in + batch_out, "layout": lay, "runtime": RUNTIME_BYTES,
@@ -54,9 +71,16 @@ def estimate(plan: Plan, t: Traffic, owner: np.ndarray, nz: int, itemsize: int,
               "datatypes": float(w_runs.max() * DATATYPE_BYTES_PER_RUN)}
     model = {"layout": lay, "runtime": RUNTIME_BYTES, "packed_buffers": m_buffers,
              "datatypes": float(m_runs.max() * DATATYPE_BYTES_PER_RUN)}
+    worker["shm_segments"] = w_segments
+    model["shm_segments"] = m_segments
     worker["total_packed"] = common + worker["batches"] + w_buffers
     worker["total_datatype"] = common + worker["batches"] + worker["datatypes"]
+    worker["total_pipelined"] = worker["total_packed"]
+    worker["total_shm"] = (common + worker["batches"] + w_segments
+                           + float(w_far.max() * DATATYPE_BYTES_PER_RUN))
     model["total_packed"] = common + m_buffers
     model["total_datatype"] = common + model["datatypes"]
+    model["total_pipelined"] = model["total_packed"]
+    model["total_shm"] = common + m_segments + float(m_far.max() * DATATYPE_BYTES_PER_RUN)
     return {"worker": worker, "model_rank": model, "tiles_per_worker_max": int(tiles.max()),
             "tile_shape_with_halo": [hh, ww]}

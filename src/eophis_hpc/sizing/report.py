@@ -152,9 +152,11 @@ def text(r: dict) -> str:
     lines += [f"memory per worker (max, {mem['tiles_per_worker_max']} tile(s) of "
               f"{mem['tile_shape_with_halo'][0]}x{mem['tile_shape_with_halo'][1]}): batches "
               f"{_mb(w['batches'])}, layout {_mb(w['layout'])}, runtime {_mb(w['runtime'])}; "
-              f"total {_mb(w['total_packed'])} packed, {_mb(w['total_datatype'])} datatype",
-              f"memory per model rank (max): total {_mb(m['total_packed'])} packed, "
-              f"{_mb(m['total_datatype'])} datatype (layout {_mb(m['layout'])})", ""]
+              f"total {_mb(w['total_shm'])} shm (output segments {_mb(w['shm_segments'])}), "
+              f"{_mb(w['total_packed'])} packed or pipelined, {_mb(w['total_datatype'])} datatype",
+              f"memory per model rank (max): total {_mb(m['total_shm'])} shm, "
+              f"{_mb(m['total_packed'])} packed or pipelined, {_mb(m['total_datatype'])} datatype "
+              f"(layout {_mb(m['layout'])})", ""]
     notes = [f"pipelined: chunks of {_chunk(job['pipeline_chunk'])}"
              if "pipelined" in job["strategies"] else "",
              "shm: the model's Coupler.buffer arrays"
