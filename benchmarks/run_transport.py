@@ -46,11 +46,13 @@ CASES = {  # name: (grid, levels, P, Q, halo, steps)
     "1:1 eORCA025 nz75": ("eORCA025", 75, 1, 1, 10, 4),
 }
 STRATEGIES = ("datatype", "packed", "shm", "shm+buffers", "pipelined", "shm-unstaged",
-              "shm-onebatch")
+              "shm-onebatch", "shm-cached", "shm-cached+buffers")
 # shm-onebatch: shm with Tunnel(pipeline=False), one set of input batches on the workers
 # shm-unstaged: shm with one staging step (the worker stages its whole output, then the model
 # ranks read it): the A/B of the staged reads, in the same run
 UNSTAGED = {"EOPHIS_HPC_SHM_STAGE": str(1 << 40)}
+# shm-cached: shm with ordinary stores at every size (no streaming stores), the A/B of entry 13
+CACHED = {"EOPHIS_HPC_SHM_STREAM": str(1 << 60)}
 
 
 def library(spec: str) -> dict:
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
                        "chunk": args.chunk, "pipeline": False if "onebatch" in strategy else None}
                 rec, others, err = run(lib, "eophis_hpc.measure.roundtrip", cfg, out, ident,
                                        (p, q), extra_env=UNSTAGED if "unstaged" in strategy
-                                       else None)
+                                       else CACHED if "cached" in strategy else None)
                 key = (lib["name"], case, strategy)
                 if rec:
                     e, r = rec["paths"]["eophis"]["median"], rec["paths"]["raw"]["median"]
