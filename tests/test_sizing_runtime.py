@@ -84,6 +84,25 @@ def test_from_node_names_matches_the_sizing_placement():
 
 
 @pytest.mark.slow
+def test_pingpong_cycles_its_buffers_and_checks_each(tmp_path):
+    """A cold ping-pong (``working_set``) goes through several buffers and still checks the
+    bytes that came back; the record says which working set it used."""
+    from eophis_hpc.measure import jobs, pingpong
+    assert pingpong.copies(1 << 20, 8 << 20) == 8 and pingpong.copies(1 << 20, 0) == 1
+    assert pingpong.copies(3 << 20, 8 << 20) == 3
+    rec, err = jobs.run_pingpong([8, 1 << 16], tmp_path, 120, working_set=1 << 20,
+                                 strided=True, strided_ends="one", row_bytes=1024, row_pad=64,
+                                 min_rounds=20)
+    assert rec is not None, err
+    assert rec["working_set"] == 1 << 20
+    assert all(t > 0 for t in rec["one_way_median_s"] + rec["strided_one_way_median_s"])
+
+
+def test_working_set_is_twice_the_cache_within_bounds():
+    from eophis_hpc.sizing.calibrate import working_set
+    assert 64 << 20 <= working_set() <= 1 << 30
+
+
 def test_calibrate_then_validate_one_configuration(tmp_path):
     """The measuring code paths: a calibration (one run of each probe) gives a machine whose
     figures are positive and whose tables grow with size where they should, then one round
@@ -96,6 +115,7 @@ def test_calibrate_then_validate_one_configuration(tmp_path):
     assert len(m.copy_bandwidth) == 4
     assert m.latency_s > 0 and m.message_overhead_s > 0 and m.exchange_overhead_s >= 0
     assert m.datatype_row_bytes == 720 * 8  # the validated tiles' rows
+    assert "messages cold" in m.source
     m.save(tmp_path / "m.json")
     assert Machine.load(tmp_path / "m.json") == m
     cfg = {"grid": "DINO", "levels": 2, "dtype": "float64", "halo": 1, "P": 1, "Q": 1,

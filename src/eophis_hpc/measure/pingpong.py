@@ -9,7 +9,10 @@ adds ``strided_one_way_median_s``: the same bytes as rows of ``row_bytes`` (8192
 ``row_pad`` (640) bytes longer, a subarray datatype at both ends, or with ``strided_ends``
 "one" a subarray at rank 1 only, as a halo-extended tile receives and sends) and ``messages``
 (0; N > 0
-adds ``message_overhead_s``: N 8-byte messages each way, posted together, per message and end).
+adds ``message_overhead_s``: N 8-byte messages each way, posted together, per message and end)
+and ``working_set`` (0; bytes > 0: each round trip uses the next of as many buffers as it takes
+to fill that many bytes, so a message smaller than the caches arrives cold, as between the
+exchanges of a coupled run).
 
 Per size: rank 0 ``Send``s a buffer that rank 1 ``Recv``s and sends back; one round trip after a
 warm-up one is timed on rank 0, repeated at least ``min_rounds`` times and for about
@@ -31,14 +34,18 @@ from .roundtrip import mpi, watchdog
 TAG = 9201
 
 
-def _loop(comm, send, recv, min_rounds: int, max_time: float) -> list[float]:
-    """Round trips of ``send`` (rank 0) / ``recv`` (both) until rank 0 has enough samples."""
+def _loop(comm, sends, recvs, min_rounds: int, max_time: float) -> list[float]:
+    """Round trips of ``sends[k]`` (rank 0) / ``recvs[k]`` (both), ``k`` cycling over the
+    buffers, until rank 0 has enough samples."""
     samples: list[float] = []
     go = np.ones(1, dtype=np.int8)
+    k = -1
     while True:
         comm.Bcast(go, root=0)  # rank 0 decides when to stop
         if not go[0]:
             break
+        k = (k + 1) % len(recvs)
+        send, recv = sends[k], recvs[k]
         if comm.rank == 0:
             t0 = time.perf_counter()
             comm.Send(send, dest=1, tag=TAG)
@@ -52,18 +59,27 @@ def _loop(comm, send, recv, min_rounds: int, max_time: float) -> list[float]:
     return samples[1:]
 
 
-def measure(comm, nbytes: int, min_rounds: int, max_time: float) -> list[float]:
+def copies(nbytes: int, working_set: int) -> int:
+    """Buffers of ``nbytes`` that fill ``working_set`` bytes (at least one)."""
+    return max(1, -(-working_set // max(1, nbytes))) if working_set > 0 else 1
+
+
+def measure(comm, nbytes: int, min_rounds: int, max_time: float,
+            working_set: int = 0) -> list[float]:
     """Round-trip seconds of ``nbytes`` between ranks 0 and 1 (on rank 0; [] on rank 1)."""
-    buf = np.full(nbytes, 7, dtype=np.uint8)
-    back = np.zeros(nbytes, dtype=np.uint8)
-    samples = _loop(comm, buf, back, min_rounds, max_time)
-    if comm.rank == 0 and not np.array_equal(back, buf):
+    n = copies(nbytes, working_set)
+    bufs = [np.full(nbytes, 7, dtype=np.uint8) for _ in range(n)]
+    backs = [np.zeros(nbytes, dtype=np.uint8) for _ in range(n)]
+    samples = _loop(comm, bufs, backs, min_rounds, max_time)
+    used = min(n, len(samples) + 1)  # the buffers the round trips went through
+    if comm.rank == 0 and not all(np.array_equal(b, a) for a, b in zip(bufs[:used],
+                                                                      backs[:used])):
         raise RuntimeError(f"ping-pong of {nbytes} bytes: different bytes came back")
     return samples
 
 
 def measure_strided(comm, nbytes: int, row: int, pad: int, min_rounds: int,
-                    max_time: float, ends: str = "both") -> list[float]:
+                    max_time: float, ends: str = "both", working_set: int = 0) -> list[float]:
     """As :func:`measure`, the bytes as rows of ``row`` bytes in an array of rows ``row + pad``
     bytes long, described by a subarray datatype at both ends (``ends="both"``) or at rank 1
     only (``"one"``: each way has one contiguous and one strided end)."""
@@ -73,18 +89,22 @@ def measure_strided(comm, nbytes: int, row: int, pad: int, min_rounds: int,
     rows = max(1, nbytes // row)
     shape = [rows, row + pad]
     dt = MPI.BYTE.Create_subarray(shape, [rows, row], [0, 0]).Commit()
-    buf = np.full(shape, 7, dtype=np.uint8)
-    back = np.zeros(shape, dtype=np.uint8)
+    n = copies(rows * (row + pad), working_set)
     if ends == "one" and comm.rank == 0:  # rank 0's rows are one contiguous piece
-        buf, back = buf[:, :row].copy(), back[:, :row].copy()
-        send, recv = buf, back
+        bufs = [np.full((rows, row), 7, dtype=np.uint8) for _ in range(n)]
+        backs = [np.zeros((rows, row), dtype=np.uint8) for _ in range(n)]
+        sends, recvs = bufs, backs
     else:
-        send, recv = [buf, 1, dt], [back, 1, dt]
+        bufs = [np.full(shape, 7, dtype=np.uint8) for _ in range(n)]
+        backs = [np.zeros(shape, dtype=np.uint8) for _ in range(n)]
+        sends, recvs = [[b, 1, dt] for b in bufs], [[b, 1, dt] for b in backs]
     try:
-        samples = _loop(comm, send, recv, min_rounds, max_time)
+        samples = _loop(comm, sends, recvs, min_rounds, max_time)
     finally:
         dt.Free()
-    if comm.rank == 0 and not np.array_equal(back[:, :row], buf[:, :row]):
+    used = min(n, len(samples) + 1)
+    if comm.rank == 0 and not all(np.array_equal(b[:, :row], a[:, :row])
+                                  for a, b in zip(bufs[:used], backs[:used])):
         raise RuntimeError(f"strided ping-pong of {nbytes} bytes: different bytes came back")
     return samples
 
@@ -136,8 +156,10 @@ def probe(world, cfg) -> dict:
     """One-way times per message size (contiguous, strided) and the per-message overhead."""
     out = {"sizes": [], "one_way_samples": [], "one_way_median_s": []}
     rounds, max_time = int(cfg.get("min_rounds", 5)), float(cfg.get("max_time", 0.2))
+    working_set = int(cfg.get("working_set", 0))
+    out["working_set"] = working_set
     for nbytes in cfg["sizes"]:
-        samples = measure(world, int(nbytes), rounds, max_time)
+        samples = measure(world, int(nbytes), rounds, max_time, working_set)
         if world.rank == 0:
             one_way = [s / 2 for s in samples]
             out["sizes"].append(int(nbytes))
@@ -150,7 +172,8 @@ def probe(world, cfg) -> dict:
         out["strided_ends"] = ends
         out["strided_one_way_median_s"] = []
         for nbytes in cfg["sizes"]:
-            samples = measure_strided(world, int(nbytes), row, pad, rounds, max_time, ends)
+            samples = measure_strided(world, int(nbytes), row, pad, rounds, max_time, ends,
+                                      working_set)
             if world.rank == 0:
                 out["strided_one_way_median_s"].append(float(np.median(samples)) / 2)
     if int(cfg.get("messages", 0)) > 0:
