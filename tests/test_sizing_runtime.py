@@ -90,6 +90,8 @@ def test_pingpong_cycles_its_buffers_and_checks_each(tmp_path):
     from eophis_hpc.measure import jobs, pingpong
     assert pingpong.copies(1 << 20, 8 << 20) == 8 and pingpong.copies(1 << 20, 0) == 1
     assert pingpong.copies(3 << 20, 8 << 20) == 3
+    assert pingpong.copies(8, 64 << 20) == 1  # latency: one buffer
+    assert pingpong.copies(64 << 10, 1 << 40) == pingpong.COLD_MAX_BUFFERS
     rec, err = jobs.run_pingpong([8, 1 << 16], tmp_path, 120, working_set=1 << 20,
                                  strided=True, strided_ends="one", row_bytes=1024, row_pad=64,
                                  min_rounds=20)

@@ -59,9 +59,16 @@ def _loop(comm, sends, recvs, min_rounds: int, max_time: float) -> list[float]:
     return samples[1:]
 
 
+COLD_MIN_BYTES = 64 << 10  # smaller messages (latency, small-message cost) stay in one buffer
+COLD_MAX_BUFFERS = 1024
+
+
 def copies(nbytes: int, working_set: int) -> int:
-    """Buffers of ``nbytes`` that fill ``working_set`` bytes (at least one)."""
-    return max(1, -(-working_set // max(1, nbytes))) if working_set > 0 else 1
+    """Buffers of ``nbytes`` that fill ``working_set`` bytes (at least one, at most
+    ``COLD_MAX_BUFFERS``; one for messages under ``COLD_MIN_BYTES``, whose time is latency)."""
+    if working_set <= 0 or nbytes < COLD_MIN_BYTES:
+        return 1
+    return min(COLD_MAX_BUFFERS, max(1, -(-working_set // nbytes)))
 
 
 def measure(comm, nbytes: int, min_rounds: int, max_time: float,
