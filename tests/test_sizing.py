@@ -421,6 +421,20 @@ def test_pipelined_with_one_chunk_is_packed():
             < cost.predict(plain, MACHINE, "packed").exchange_s)
 
 
+def test_pipelined_chunks_move_at_the_hot_cache_bandwidth_on_a_node():
+    """On a node a pipelined chunk was just packed: it moves at ``onnode_bandwidth_hot``;
+    packed and datatype messages keep the (cold) ``onnode_bandwidth``."""
+    t = one_to_one(nz=3, halo=1, model_halo=1, grid=(16, 12))
+    hot = replace(MACHINE, onnode_bandwidth_hot=MACHINE.onnode_bandwidth * 4)
+    assert MACHINE.onnode_bandwidth_hot == MACHINE.onnode_bandwidth  # default: the same table
+    for s in ("packed", "datatype"):
+        assert cost.predict(t, hot, s).exchange_s == cost.predict(t, MACHINE, s).exchange_s
+    b = float(t.scatter.nbytes[0])
+    slow = cost.predict(t, MACHINE, "pipelined", chunk=10**9).phases["scatter"]
+    fast = cost.predict(t, hot, "pipelined", chunk=10**9).phases["scatter"]
+    assert slow - fast == pytest.approx(b / MACHINE.onnode_bandwidth * 0.75, rel=1e-9)
+
+
 def test_pipelined_chunks_overlap_pack_and_network():
     """Across nodes the chunks' packs overlap their transfers: with cheap messages, more
     chunks shorten the exchange, down to the slowest resource; message costs bring it back."""

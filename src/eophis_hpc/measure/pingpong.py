@@ -12,7 +12,8 @@ adds ``strided_one_way_median_s``: the same bytes as rows of ``row_bytes`` (8192
 adds ``message_overhead_s``: N 8-byte messages each way, posted together, per message and end)
 and ``working_set`` (0; bytes > 0: each round trip uses the next of as many buffers as it takes
 to fill that many bytes, so a message smaller than the caches arrives cold, as between the
-exchanges of a coupled run).
+exchanges of a coupled run; with ``hot_too`` the contiguous sizes are measured again through
+one buffer, ``one_way_hot_median_s``).
 
 Per size: rank 0 ``Send``s a buffer that rank 1 ``Recv``s and sends back; one round trip after a
 warm-up one is timed on rank 0, repeated at least ``min_rounds`` times and for about
@@ -172,6 +173,12 @@ def probe(world, cfg) -> dict:
             out["sizes"].append(int(nbytes))
             out["one_way_samples"].append(one_way)
             out["one_way_median_s"].append(float(np.median(one_way)))
+    if working_set > 0 and cfg.get("hot_too"):  # the same sizes through one buffer
+        out["one_way_hot_median_s"] = []
+        for nbytes in cfg["sizes"]:
+            samples = measure(world, int(nbytes), rounds, max_time)
+            if world.rank == 0:
+                out["one_way_hot_median_s"].append(float(np.median(samples)) / 2)
     if cfg.get("strided"):
         row, pad = int(cfg.get("row_bytes", 8192)), int(cfg.get("row_pad", 640))
         ends = str(cfg.get("strided_ends", "both"))

@@ -6,7 +6,9 @@
   :func:`tile_rows`), the cost of one small message. Messages go through buffers that together
   fill twice the last-level cache (:func:`working_set`), so each arrives cold, as in a coupled
   run, where the model's step and the inference touch far more memory than the caches hold
-  between two exchanges (a ping-pong of one hot buffer of 2 MiB moved 1.4-2x faster here);
+  between two exchanges (a ping-pong of one hot buffer of 2 MiB moved 1.4-2x faster here); the
+  contiguous sizes again through one buffer (``onnode_bandwidth_hot``: a pipelined chunk, sent
+  right after its pack);
 - the pack and unpack kernels on a plan's busiest rank (:mod:`eophis_hpc.measure.copyjobs`):
   copy bandwidth by size (1 to 64 levels);
 - a tiny coupled round trip (:mod:`eophis_hpc.measure.roundtrip`, 62x199, one level, 1:1): what
@@ -80,6 +82,10 @@ def pingpong_figures(records: list[dict]) -> dict:
             times = [r[key][r["sizes"].index(size)] for r in records]  # it once per direction)
             rows.append([size, size / min(times)])
         tables[name] = rows
+    if all("one_way_hot_median_s" in r for r in records):
+        tables["onnode_bandwidth_hot"] = [
+            [size, size / min(r["one_way_hot_median_s"][r["sizes"].index(size)]
+                              for r in records)] for size in SIZES]
     return {"latency_s": lat, **tables,
             "message_overhead_s": min(r["message_overhead_s"] for r in records)}
 
@@ -150,7 +156,7 @@ def calibrate(repeats: int = 3, progress: bool = True, workdir: Path | None = No
             rec, err = jobs.run_pingpong([SMALL] + SIZES, wd, 300, strided=True, messages=64,
                                          strided_ends="one", row_bytes=row_bytes,
                                          row_pad=row_pad, min_rounds=MIN_ROUNDS,
-                                         working_set=cold)
+                                         working_set=cold, hot_too=True)
             if rec is None:
                 raise RuntimeError(f"ping-pong failed: {err.splitlines()[0] if err else ''}")
             recs.append(rec)
@@ -168,6 +174,7 @@ def calibrate(repeats: int = 3, progress: bool = True, workdir: Path | None = No
             copy_bandwidth=copy, datatype_bandwidth=pp["datatype_bandwidth"],
             message_overhead_s=pp["message_overhead_s"], exchange_overhead_s=0.0,
             datatype_row_bytes=int(row_bytes),
+            onnode_bandwidth_hot=pp.get("onnode_bandwidth_hot"),
             source=(f"measured by eophis-hpc plan --calibrate, the fastest of {repeats} runs; "
                     f"messages cold (buffers over {cold >> 20} MiB); "
                     "one node: the network figures are the on-node ones and the node's memory "

@@ -236,8 +236,10 @@ def _pipelined(msg: Messages, nf: int, side: _Side, nodes: _Nodes, m: Machine, c
     it arrives (none where contiguous). Seconds = latency + the slowest sender's first chunk's
     pack + the busiest resource's load for the rest (a sender's other packs; a receiver's
     on-node transfers and other unpacks on its CPU, or its network transfers, whichever is
-    longer; a network interface) + the slowest receiver's last chunk's unpack. With one chunk
-    per message this is ``packed``'s pack + transfer + unpack."""
+    longer; a network interface) + the slowest receiver's last chunk's unpack. On a node the
+    chunks move at the hot-cache bandwidth (``onnode_bandwidth_hot``: each was just packed).
+    With one chunk per message and a machine whose two on-node tables agree this is
+    ``packed``'s pack + transfer + unpack."""
     zeros_s, zeros_r = np.zeros(side.n_send), np.zeros(side.n_recv)
     if len(msg) == 0 or nf == 0:
         return 0.0, zeros_s, zeros_r
@@ -260,7 +262,8 @@ def _pipelined(msg: Messages, nf: int, side: _Side, nodes: _Nodes, m: Machine, c
     on = msg.onnode
     share = nodes.share(nodes.copying(msg.receiver[on], side.recv_node))[
         side.recv_node[msg.receiver]]
-    transfer = nf * b / np.where(on, np.minimum(m.bandwidth("onnode_bandwidth", one), share),
+    # a chunk is sent right after its pack and unpacked as it arrives: it stays in the caches
+    transfer = nf * b / np.where(on, np.minimum(m.bandwidth("onnode_bandwidth_hot", one), share),
                                  m.bandwidth("network_bandwidth", one))
     recv_cpu = np.bincount(msg.receiver, weights=nf * (chunks * o + b * unpack)
                            + np.where(on, transfer, 0.0), minlength=side.n_recv) * st_r

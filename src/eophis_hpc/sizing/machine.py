@@ -30,14 +30,18 @@ FIELDS = {
     "datatype_bandwidth": "bytes/s at which MPI moves a non-contiguous derived datatype",
     "message_overhead_s": "CPU seconds to post and complete one message at one end",
     "exchange_overhead_s": "fixed seconds per exchange and round trip (notes, Python calls)",
+    "onnode_bandwidth_hot": "bytes/s of a message between two ranks of a node whose bytes were "
+                            "just written (in the caches: a pipelined chunk); optional, "
+                            "default onnode_bandwidth",
     "datatype_row_bytes": "length of the contiguous rows the datatype bandwidth was measured "
                           "with (optional; 8192, the calibration's rows before it measured the "
                           "tiles' own)",
     "source": "how the figures were obtained (measured here, nominal, ...)",
 }
-SIZED = ("onnode_bandwidth", "network_bandwidth", "copy_bandwidth", "datatype_bandwidth")
+SIZED = ("onnode_bandwidth", "network_bandwidth", "copy_bandwidth", "datatype_bandwidth",
+         "onnode_bandwidth_hot")
 _TEXT = ("name", "source")
-OPTIONAL = {"source": "", "datatype_row_bytes": 8192}  # keys a file may leave out: defaults
+OPTIONAL = {"source": "", "datatype_row_bytes": 8192, "onnode_bandwidth_hot": None}  # keys a file may leave out: defaults
 
 
 def _number(name: str, value) -> float:
@@ -83,6 +87,7 @@ class Machine:
     exchange_overhead_s: float
     source: str = ""
     datatype_row_bytes: int = OPTIONAL["datatype_row_bytes"]
+    onnode_bandwidth_hot: object = None
 
     def __post_init__(self):
         for f in fields(self):
@@ -94,6 +99,8 @@ class Machine:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise ValueError(f"machine: {f.name} must be a positive integer, got "
                                      f"{value!r}")
+            elif f.name == "onnode_bandwidth_hot" and value is None:
+                object.__setattr__(self, f.name, self.onnode_bandwidth)
             elif f.name in SIZED:
                 object.__setattr__(self, f.name, _table(f.name, value))
             else:
@@ -172,7 +179,8 @@ class Machine:
         return (f"{self.name}: {self.cores_per_node} cores/node; latency "
                 f"{self.latency_s * 1e6:.2f} us on a node, {self.network_latency_s * 1e6:.2f} us "
                 f"across; on a node "
-                f"{bw('onnode_bandwidth')}; across {bw('network_bandwidth')} (NIC "
+                f"{bw('onnode_bandwidth')} (in the caches {bw('onnode_bandwidth_hot')}); across "
+                f"{bw('network_bandwidth')} (NIC "
                 f"{self.nic_bandwidth / 1e9:.1f} GB/s per node); copies {bw('copy_bandwidth')} "
                 f"per rank, {self.node_memory_bandwidth / 1e9:.0f} GB/s per node; datatypes "
                 f"{bw('datatype_bandwidth')} (rows of {_size(self.datatype_row_bytes)}); "
