@@ -70,7 +70,7 @@ def toolchain(tmp_path_factory):
 
 
 def launch(tc, model_cmd: list[str], p: int, cfg: dict, q: int, tmp_path, timeout=150,
-           nodes=None):
+           nodes=None, env=None):
     """``mpiexec`` of ``p`` model and ``q`` worker ranks; ``nodes``: ``(model, worker)`` lists
     of one node name per rank, each rank then its own MPMD block with EOPHIS_HPC_NODE_NAME."""
     path = tmp_path / "workers.json"
@@ -86,8 +86,8 @@ def launch(tc, model_cmd: list[str], p: int, cfg: dict, q: int, tmp_path, timeou
             cmd += ([":"] if k else []) + ["-n", "1", "-env", "EOPHIS_HPC_NODE_NAME", node,
                                            *block_cmd]
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=tc.env,
-                              cwd=tmp_path)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env={**tc.env, **(env or {})}, cwd=tmp_path)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the job did not end within {timeout} s: {' '.join(cmd)}\n{exc.stdout}\n"
                     f"{exc.stderr}")
@@ -138,6 +138,18 @@ def test_fortran_model_gets_exact_stencil(toolchain, tmp_path, name):
     assert "toy_model: PASS" in out.stdout
     for w in range(c["workers"]):
         assert f"worker {w}: OK after" in out.stdout
+
+
+def test_fortran_model_sends_notes_to_the_group_leaders(toolchain, tmp_path):
+    """EOPHIS_HPC_NOTE_GROUP=2 with 2 workers: the Fortran root sends each note to worker 0
+    only, which passes it on; a client that still sent to every worker would give worker 1
+    every note twice and the run would fail."""
+    c = CASES["fold-F 4:2 nz3 f32 halo2"]
+    out = launch(toolchain, toy_args(toolchain, c, tmp_path), c["px"] * c["py"], c,
+                 c["workers"], tmp_path, env={"EOPHIS_HPC_NOTE_GROUP": "2"})
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert "toy_model: PASS" in out.stdout
+    assert "worker 1: OK after" in out.stdout
 
 
 @pytest.mark.parametrize("name", ["fold-T 2:1 nz1 f64", "fold-F 4:2 nz3 f32 halo2"])

@@ -174,3 +174,44 @@ def test_paired_strategies_need_both_sides(tmp_path, model, workers, paired):
     msg = (f"the model asks for strategy={model!r}, the workers use {workers!r}: {paired!r} "
            "works only when both sides use it")
     assert res.stderr.count(msg) == 1, res.stderr[-3000:]
+
+
+def test_note_group_rule():
+    from eophis_hpc.protocol.wire import note_group
+    assert [note_group(q) for q in (1, 2, 16)] == [1, 1, 1]  # the root sends to each
+    assert note_group(17) == 5 and note_group(1000) == 32 and note_group(1024) == 32
+    assert note_group(1025) == 33
+    for q in range(17, 3000):  # every worker in a group, the root sends about sqrt(q) notes
+        g = note_group(q)
+        assert (g - 1) ** 2 < q <= g * g
+    assert note_group(1000, "3") == 3
+    for bad in ("0", "-2", "x"):
+        with pytest.raises(ValueError, match="EOPHIS_HPC_NOTE_GROUP"):
+            note_group(4, bad)
+
+
+@pytest.mark.parametrize("lag", [0, 1])
+def test_notes_passed_on_by_group_leaders(tmp_path, lag):
+    """Notes in groups of 2 over 3 workers: the root sends to workers 0 and 2, worker 0 passes
+    each on to worker 1; every exchange (static, every 2 steps, lagged) and the stop arrive."""
+    ex = [dict(e) for e in EXCHANGES]
+    ex[0]["lag"] = lag
+    cfg = config("foldF", (3, 1), "packed", tiles=3, exchanges=ex, steps=5)
+    cfg["describe"] = True
+    res = run_app(tmp_path, cfg, 3, 3, env={"EOPHIS_HPC_NOTE_GROUP": "2"})
+    check_ok(res, 3, 3)
+    assert "control notes from the model root, passed on to workers [1]" in res.stdout
+    assert "control notes from worker 0 (its note group leader)" in res.stdout
+    assert res.stdout.count("control notes from the model root\n") == 1  # worker 2, alone
+
+
+def test_root_sends_each_note_to_the_group_leaders_only():
+    from types import SimpleNamespace
+
+    from eophis_hpc.transport.mpi import notes
+    sent = []
+    inter = SimpleNamespace(Send=lambda buf, dest, tag: sent.append((dest, tuple(buf), tag)))
+    link = SimpleNamespace(inter=inter, remote_size=10)
+    notes.send_to_workers(link, (3, 7), 4)
+    assert [d for d, _, _ in sent] == [0, 4, 8]
+    assert {n for _, n, _ in sent} == {(3, 7)}

@@ -494,3 +494,22 @@ def test_machine_files_without_the_row_length_get_the_old_default(tmp_path):
     from eophis_hpc.sizing.calibrate import tile_rows
     assert tile_rows() == (720 * 8, 20 * 8)
     assert tile_rows(100, 0, 4) == (400, 4)
+
+
+def test_notes_go_to_group_leaders_who_pass_them_on():
+    """The note phase: one message per worker up to 16 workers; beyond, one per group leader
+    from the root, then the leader's group; 1,000 workers cost about 64 messages, not 1,000."""
+    from types import SimpleNamespace
+    nodes = SimpleNamespace(stretch=np.ones(2))
+    o = MACHINE.message_overhead_s
+
+    def note(q, worker_node=0):
+        t = SimpleNamespace(n_workers=q, model_node=np.zeros(1, int),
+                            worker_node=np.full(q, worker_node))
+        return cost._note_s(t, MACHINE, nodes)
+
+    assert note(16) == pytest.approx(16 * o)
+    assert note(1000) == pytest.approx(32 * o + MACHINE.latency_s + 31 * o + MACHINE.latency_s)
+    assert note(1000, worker_node=1) == pytest.approx(
+        32 * o + MACHINE.network_latency_s + 31 * o + MACHINE.latency_s)
+    assert note(1000) < 1000 * o / 10

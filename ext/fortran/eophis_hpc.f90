@@ -77,6 +77,7 @@ module eophis_hpc
    logical, save :: st_closed = .false., st_we_started_mpi = .false., st_holes = .false.
    type(MPI_Comm), save :: st_comm, st_inter
    integer, save :: st_rank = 0, st_size = 1, st_workers = 0
+   integer, save :: st_note_group = 1   ! notes go to workers 0, G, 2G, ... (they pass them on)
    integer, save :: st_nx = 0, st_ny = 0
    character(len=8), save :: st_ew = "", st_south = "", st_north = "", st_pivot = ""
    integer, save :: st_j0 = 0, st_j1 = 0, st_i0 = 0, st_i1 = 0
@@ -173,6 +174,27 @@ contains
       real(real64), intent(in) :: seconds
       st_timeout = max(seconds, 0.0_real64)
    end subroutine eh_set_timeout
+
+   !> Workers per note group, as eophis_hpc.protocol.wire.note_group: 1 up to 16 workers, else
+   !> ceil(sqrt(workers)); EOPHIS_HPC_NOTE_GROUP overrides it (0 when it is not a positive
+   !> integer).
+   integer function note_group(workers)
+      integer, intent(in) :: workers
+      character(len=32) :: text
+      integer :: n, stat, ios
+      call get_environment_variable("EOPHIS_HPC_NOTE_GROUP", text, n, stat)
+      if (stat == 0 .and. n > 0) then
+         read (text, *, iostat=ios) note_group
+         if (ios /= 0 .or. note_group < 1) note_group = 0
+         return
+      end if
+      if (workers <= 16) then
+         note_group = 1
+         return
+      end if
+      note_group = int(sqrt(real(workers, real64)))
+      if (note_group * note_group < workers) note_group = note_group + 1
+   end function note_group
 
    real(real64) function timeout_s()
       character(len=64) :: text
@@ -320,6 +342,11 @@ contains
       call MPI_Comm_rank(st_comm, st_rank, ierror)
       call MPI_Comm_size(st_comm, st_size, ierror)
       call MPI_Comm_remote_size(st_inter, st_workers, ierror)
+      st_note_group = note_group(st_workers)
+      if (st_note_group < 1) then
+         status = fail(EH_ERR_ARG, "eh_init: EOPHIS_HPC_NOTE_GROUP must be a positive integer")
+         return
+      end if
       comm = st_comm
       st_init = .true.
       allocate (st_fields(8))
@@ -1007,7 +1034,7 @@ contains
       if (status /= EH_OK) return
       if (st_rank == 0) then
          note = [int(e, int64), key]
-         do w = 0, st_workers - 1
+         do w = 0, st_workers - 1, st_note_group
             call MPI_Send(note, 2, MPI_INT64_T, w, TAG_CONTROL, st_inter, ierror)
          end do
       end if
@@ -1910,7 +1937,7 @@ contains
       call MPI_Barrier(st_comm, ierror)
       if (st_rank == 0 .and. st_defined) then
          note = [NOTE_STOP, NOTE_STOP]
-         do w = 0, st_workers - 1
+         do w = 0, st_workers - 1, st_note_group
             call MPI_Send(note, 2, MPI_INT64_T, w, TAG_CONTROL, st_inter, ierror)
          end do
       end if

@@ -18,10 +18,11 @@ from . import checks
 from .errors import CouplingError, default_timeout, install_abort_hook
 from .protocol import restart as restart_io
 from .protocol.schedule import FieldSpec
-from .protocol.wire import STEP_STATIC, STOP_NOTE, TAG_CONTROL, TAG_DATA
+from .protocol.wire import STEP_STATIC, STOP_NOTE, TAG_DATA
 from .runtime.lagged import LaggedOutputs
 from .runtime.timings import Timings
 from .transport.mpi import Link, Receiver, Sender, handshake, strategies
+from .transport.mpi import notes
 from .transport.mpi.node import Node, share_fields
 
 
@@ -65,6 +66,7 @@ class Coupler:
         timeout = config.resolve("timeout", timeout, None)
         self.timeout = default_timeout() if timeout is None else (float(timeout) or None)
         self.link = Link("model", world=world, timeout=self.timeout)
+        self._note_group = notes.group_of(self.link.remote_size)
         self.comm = self.link.comm  # the model's own communicator, to use instead of COMM_WORLD
         if isinstance(box, Decomposition):  # one box per model rank, in rank order
             if len(box.boxes) != self.link.size:
@@ -155,9 +157,7 @@ class Coupler:
             return True
         self._drain(e)
         if self.link.is_root:
-            note = np.array([e, step], dtype=np.int64)
-            for w in range(self.link.remote_size):
-                self.link.inter.Send(note, dest=w, tag=TAG_CONTROL)
+            notes.send_to_workers(self.link, (e, step), self._note_group)
         self._current[e] = step
         if e in self._lagged:
             self._lagged[e].begin(step)
@@ -319,9 +319,7 @@ class Coupler:
             s.wait()
         self.link.comm.Barrier()
         if self.link.is_root:
-            note = np.array(STOP_NOTE, dtype=np.int64)
-            for w in range(self.link.remote_size):
-                self.link.inter.Send(note, dest=w, tag=TAG_CONTROL)
+            notes.send_to_workers(self.link, STOP_NOTE, self._note_group)
         for obj in list(self._senders.values()) + list(self._receivers.values()):
             obj.close()
         for ring in self._lagged.values():

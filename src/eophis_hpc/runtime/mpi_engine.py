@@ -19,11 +19,12 @@ import numpy as np
 from .. import device as devmod
 from .. import staging
 from ..errors import CouplingError
-from ..protocol.wire import TAG_CONTROL, TAG_DATA
-from ..transport.mpi import Link, Receiver, Sender, wait_all
+from ..protocol.wire import TAG_DATA
+from ..transport.mpi import Link, Receiver, Sender
 from ..transport.mpi import handshake
 from ..transport.mpi import strategies
 from ..transport.mpi.node import Node, share_fields
+from ..transport.mpi.notes import NoteInbox
 from .engine import Engine
 from .invoker import Invoker
 
@@ -38,6 +39,7 @@ class MpiEngine(Engine):
         self.policy = tunnel.policy
         self.feed = None
         self.held_note = None
+        self.inbox = None
         self.sent: dict = {}  # output -> what its Sender read last (strategies that read late)
         self.node = None
 
@@ -96,7 +98,7 @@ class MpiEngine(Engine):
                     shared=shared.get(spec.name), **{**common, **self.feed.send_options()})
         for e in range(len(tnl.exchanges)):
             self._post(e)
-        self.note = np.empty(2, dtype=np.int64)
+        self.inbox = NoteInbox(self.link, tnl.timeout)
 
     def _strategies(self) -> dict:
         """The strategy of every field: the tunnel's, or the fallback where the batch (or the
@@ -177,6 +179,8 @@ class MpiEngine(Engine):
         lines = [f"staging: {self.policy.describe()}; chunks={tnl.chunks}"
                  + (f"; land tiles left out by {tnl.land!r}" if tnl.land else "")]
         lines += [f"  {note}" for note in dict.fromkeys(self.notes)]
+        if self.inbox is not None:
+            lines.append(f"  {self.inbox.describe()}")
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ serving
@@ -233,13 +237,11 @@ class MpiEngine(Engine):
             note, self.held_note = self.held_note, None
             return note
         t0 = time.perf_counter()
-        req = self.link.inter.Irecv(self.note, source=0, tag=TAG_CONTROL)
-        wait_all([req], self.tunnel.timeout, f"worker {self.link.rank}: waiting for the model's "
-                 "next exchange", [0], "model rank")
+        note = self.inbox.next()
         t1 = time.perf_counter()
         self.timings.add("wait", t1 - t0)
         self.timings.span("wait", t0, t1)
-        return int(self.note[0]), int(self.note[1])
+        return note
 
     def _occurrence(self, group: list[int], step: int) -> None:
         """Receive the inputs of the exchanges in ``group`` (due at ``step``), call the model,
@@ -309,6 +311,8 @@ class MpiEngine(Engine):
                 sender.wait()
 
     def _teardown(self) -> None:
+        if self.inbox is not None:
+            self.inbox.flush()  # the last note passed on has left
         for obj in list(self.receivers.values()) + list(self.senders.values()):
             obj.close()
         if self.node is not None:

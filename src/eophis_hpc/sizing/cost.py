@@ -17,7 +17,8 @@ node's memory bandwidth: a rank copies at ``copy_bandwidth`` or at its share of
 stretches their CPU work. The steps of a synchronous exchange (lag 0) follow one another:
 (packed: model pack) -> scatter -> (packed: worker unpack) -> inference -> (packed: worker pack)
 -> gather -> (packed: model unpack), plus ``exchange_overhead_s``; each step takes its slowest
-rank. The model root also sends one note per worker before its data.
+rank. The model root also sends its note to the workers before its data (to each of up to 16
+workers, else to one leader per group of about sqrt(workers), who passes it on).
 
 ``shm`` moves the routes between ranks of one node as copies through shared memory (who copies:
 :func:`_shm_onnode`) and its other routes as ``datatype`` does, in the same step: the step takes
@@ -30,6 +31,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ..protocol.wire import note_group
 from .machine import Machine
 from .traffic import Messages, Traffic
 
@@ -276,6 +278,22 @@ def _pipelined(msg: Messages, nf: int, side: _Side, nodes: _Nodes, m: Machine, c
     return seconds, send_cpu, recv_cpu
 
 
+def _note_s(t: Traffic, m: Machine, nodes: _Nodes) -> float:
+    """Seconds until the last worker has the note: the model root sends it to the group
+    leaders (one message each), the slowest leader passes it on to the rest of its group."""
+    group = note_group(t.n_workers)
+    leaders = np.arange(0, t.n_workers, group)
+    root = len(leaders) * m.message_overhead_s * nodes.stretch[t.model_node[0]]
+    if group == 1:
+        return float(root)
+    lat = m.network_latency_s if (t.worker_node[leaders] != t.model_node[0]).any() else m.latency_s
+    members = np.minimum(leaders + group, t.n_workers) - leaders - 1
+    far = t.worker_node[np.minimum(leaders + 1, t.n_workers - 1)] != t.worker_node[leaders]
+    passing = members * m.message_overhead_s * nodes.stretch[t.worker_node[leaders]]
+    hop = np.where(far, m.network_latency_s, m.latency_s)
+    return float(root + lat + np.max(passing + hop))
+
+
 def predict(t: Traffic, m: Machine, strategy: str, fields_in: int = 1, fields_out: int = 1,
             inference_s: float = 0.0, model_step_s: float | None = None,
             chunk: int | None = None, shm_buffers: bool = False,
@@ -293,8 +311,7 @@ def predict(t: Traffic, m: Machine, strategy: str, fields_in: int = 1, fields_ou
     nodes = _Nodes(t, m)
     dt = strategy == "datatype"
     args = dict(nodes=nodes, m=m, datatype=dt, n_nodes=t.n_nodes)
-    # the model root sends one note per worker before its data
-    note = t.n_workers * m.message_overhead_s * nodes.stretch[t.model_node[0]]
+    note = _note_s(t, m, nodes)
     if strategy in ("shm", "pipelined"):
         out = _Side(t.n_model, t.n_workers, t.model_node, t.worker_node)
         back = _Side(t.n_workers, t.n_model, t.worker_node, t.model_node)
