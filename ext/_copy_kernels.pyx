@@ -49,6 +49,25 @@ cdef inline Py_ssize_t _check_runs(const int64_t[:, ::1] runs, Py_ssize_t ncols,
     return total
 
 
+cdef inline bint _row(dst_t* row, const src_t* inp, Py_ssize_t ni, bint stream) noexcept nogil:
+    """Copy one row of ``ni`` values (cast if the types differ); with ``stream``, rows of at
+    least ``_stream_row`` values of the same type take streaming stores. Whether it streamed
+    (the caller then fences once)."""
+    cdef Py_ssize_t c
+    if src_t is dst_t:
+        if stream and ni >= _stream_row:
+            if dst_t is double:
+                stream_row_f64(row, inp, ni)
+            else:
+                stream_row_f32(row, inp, ni)
+            return True
+        memcpy(row, inp, ni * sizeof(dst_t))
+    else:
+        for c in range(ni):
+            row[c] = <dst_t> inp[c]
+    return False
+
+
 def pack(const src_t[:, :, ::1] src, const int64_t[:, ::1] runs, dst_t[::1] buf):
     """Copy the ``(sj, si, nj, ni)`` runs of ``src`` (all levels) into ``buf``, block after block,
     each block level-major."""
@@ -104,19 +123,7 @@ def unpack(const src_t[::1] buf, dst_t[:, :, ::1] dst, const int64_t[:, ::1] run
             else:
                 for k in range(nz):
                     for j in range(nj):
-                        row = &dst[k, dj + j, di]
-                        inp = &buf[pos]
-                        if src_t is dst_t:
-                            if stream and ni >= _stream_row:
-                                if dst_t is double:
-                                    stream_row_f64(row, inp, ni)
-                                else:
-                                    stream_row_f32(row, inp, ni)
-                            else:
-                                memcpy(row, inp, ni * sizeof(dst_t))
-                        else:
-                            for c in range(ni):
-                                row[c] = <dst_t> inp[c]
+                        _row(&dst[k, dj + j, di], &buf[pos], ni, stream)
                         pos += ni
         if stream:
             stream_fence()
@@ -164,19 +171,7 @@ def copy(const src_t[:, :, ::1] src, dst_t[:, :, ::1] dst, const int64_t[:, ::1]
                         for c in range(ni):
                             row[ni - 1 - c] = <dst_t> (s * inp[c])
                         continue
-                    row = &dst[k, dj + j, di]
-                    if src_t is dst_t:
-                        if stream and ni >= _stream_row:
-                            streamed = True
-                            if dst_t is double:
-                                stream_row_f64(row, inp, ni)
-                            else:
-                                stream_row_f32(row, inp, ni)
-                        else:
-                            memcpy(row, inp, ni * sizeof(dst_t))
-                    else:
-                        for c in range(ni):
-                            row[c] = <dst_t> inp[c]
+                    streamed |= _row(&dst[k, dj + j, di], inp, ni, stream)
         if streamed:
             stream_fence()
 
