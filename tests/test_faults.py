@@ -145,3 +145,37 @@ def test_halo_the_grid_cannot_provide_ends_the_job(tmp_path):
     res = run_app(tmp_path, cfg, 2, 1, timeout=60)
     assert res.returncode != 0
     assert "Tunnel: halo=25 is wider than the grid allows (19" in res.stderr
+
+
+ARRIVE = """
+import time
+from mpi4py import MPI
+from eophis_hpc.errors import CouplingError, release_exit_guard
+from eophis_hpc.transport.mpi.waits import arrive
+release_exit_guard()
+w = MPI.COMM_WORLD
+arrive(w, 30, "start")
+t0 = time.monotonic()
+if w.rank == 1:
+    time.sleep(4)
+try:
+    arrive(w, 1.0, f"rank {w.rank}: setting up")
+    print(f"rank {w.rank}: arrived after {time.monotonic() - t0:.1f} s", flush=True)
+except CouplingError as exc:
+    print(f"rank {w.rank}: {exc} [{time.monotonic() - t0:.1f} s]", flush=True)
+"""
+
+
+def test_set_up_collectives_are_entered_with_a_bounded_wait(tmp_path):
+    """Before each set-up collective (merge, node split, windows, close) every rank waits for
+    the others in a non-blocking barrier, bounded: a rank that is late is an error, not a
+    hang inside MPI."""
+    from mpi_util import run_mpmd
+    script = tmp_path / "arrive.py"
+    script.write_text(ARRIVE)
+    res = run_mpmd((1, [str(script)]), (1, [str(script)]), timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("rank 0:"))
+    assert "rank 0: setting up: not every rank got there within 1 s" in line
+    assert float(line.rsplit("[", 1)[1].split()[0]) < 3.5
+    assert "rank 1: arrived after" in res.stdout

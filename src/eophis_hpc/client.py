@@ -22,7 +22,7 @@ from .protocol.wire import STEP_STATIC, STOP_NOTE, TAG_DATA
 from .runtime.lagged import LaggedOutputs
 from .runtime.timings import Timings
 from .transport.mpi import Link, Receiver, Sender, handshake, strategies
-from .transport.mpi import notes
+from .transport.mpi import notes, waits
 from .transport.mpi.node import Node, share_fields
 
 
@@ -317,7 +317,7 @@ class Coupler:
             restart_io.write(restart_io.file_for(restart, self.rank), self.grid, self.box, records)
         for s in self._senders.values():
             s.wait()
-        self.link.comm.Barrier()
+        waits.arrive(self.link.comm, self.timeout, "close: the model ranks closing together")
         if self.link.is_root:
             notes.send_to_workers(self.link, STOP_NOTE, self._note_group)
         for obj in list(self._senders.values()) + list(self._receivers.values()):

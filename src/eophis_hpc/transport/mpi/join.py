@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import CouplingError, mark_coupled, world_rank_from_launcher
 from ...protocol.wire import ROLES, TAG_HANDSHAKE, TAG_JOIN
-from .waits import mpi, wait_all
+from .waits import arrive, mpi, wait_all
 
 NEVER_JOINED = ("these ranks never reached connect()/Tunnel(): their program failed or hangs "
                 "before coupling (see its output above), or they are not part of this "
@@ -77,7 +77,7 @@ class Link:
         if role not in ROLES:
             raise ValueError(f"Link: role must be one of {ROLES}, got {role!r}")
         MPI = start_mpi(timeout)
-        self.role = role
+        self.role, self.timeout = role, timeout
         self.world = MPI.COMM_WORLD if world is None else world
         if not isinstance(self.world, MPI.Intracomm) or self.world == MPI.COMM_NULL:
             raise TypeError(f"world must be an mpi4py intracommunicator holding the model and "
@@ -106,6 +106,8 @@ class Link:
         notes and the handshake stay on ``inter``. Only between eophis_hpc's own clients: a
         Fortran or C client keeps ``inter`` for everything."""
         if self.data is self.inter:
+            arrive(self.inter, self.timeout, f"{self.role} rank {self.rank}: merging the "
+                   "communicators of the two sides")
             self.data = self.inter.Merge(high=self.role == ROLES[1])
             self.peer_base = self.size if self.role == ROLES[0] else 0
 

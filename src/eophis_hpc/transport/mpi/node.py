@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...protocol.wire import ROLES, Route
-from .waits import mpi
+from .waits import arrive, mpi
 
 # Spread the ranks of each node over this many virtual nodes (world rank modulo), so one machine
 # runs the mixed path (peers on the node through windows, the others over MPI): for tests and
@@ -76,6 +76,9 @@ class Node:
     def __init__(self, link):
         MPI = mpi()
         self.link = link
+        self.timeout = link.timeout
+        self.who = f"{link.role} rank {link.rank}"
+        arrive(link.world, self.timeout, f"{self.who}: splitting the job by node")
         node = link.world.Split_type(MPI.COMM_TYPE_SHARED, key=link.world.rank)
         virtual = int(os.environ.get(NODES_ENV) or 1)
         if virtual > 1:
@@ -101,6 +104,7 @@ class Node:
     def window(self, nbytes: int, itemsize: int):
         """A new window (collective over the node) with this rank's segment of ``nbytes``."""
         MPI = mpi()
+        arrive(self.comm, self.timeout, f"{self.who}: making a shared-memory window")
         info = MPI.Info.Create()
         info.Set("alloc_shared_noncontig", "true")  # each segment page-aligned, NUMA-local
         win = MPI.Win.Allocate_shared(nbytes, itemsize, info, comm=self.comm)
@@ -120,6 +124,8 @@ class Node:
 
     def close(self) -> None:
         """Free the windows and the communicator (collective over the node: both sides)."""
+        if self.comm is not None:
+            arrive(self.comm, self.timeout, f"{self.who}: freeing the shared-memory windows")
         for win in self.windows:
             win.Unlock_all()
             win.Free()

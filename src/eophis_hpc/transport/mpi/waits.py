@@ -58,6 +58,25 @@ def wait_all(requests: list, timeout: float | None, what: str, peers=None, peer_
             os.sched_yield()  # give the core to a co-located rank while waiting
 
 
+def arrive(comm, timeout: float | None, what: str) -> None:
+    """Return once every rank of ``comm`` has called this too (a non-blocking barrier, bounded),
+    so that the blocking collective the caller makes next (a merge, a split, a window) starts
+    with everyone there: a rank that never comes gives a CouplingError here, not a hang."""
+    req = comm.Ibarrier()
+    if timeout is None:
+        req.Wait()
+        return
+    t_end = time.monotonic() + timeout
+    polls = 0
+    while not req.Test():
+        polls += 1
+        if polls % 512 == 0:
+            if time.monotonic() > t_end:
+                raise CouplingError(f"{what}: not every rank got there within {timeout:g} s "
+                                    f"({LOST_HINT}")
+            os.sched_yield()
+
+
 def wait_some(requests: list, deadline: float | None, what: str, peer_label: str, late,
               timeout: float | None) -> list[int]:
     """Indices of ``requests`` that completed (at least one), polling like :func:`wait_all`;
