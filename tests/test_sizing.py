@@ -401,6 +401,25 @@ def test_shm_with_some_routes_off_node_takes_the_slower_of_both(case, nz, seed, 
             assert full.phases[k] >= alone.phases[k] * (1 - 1e-12)
 
 
+def test_shm_rank_with_routes_on_and_off_its_node_does_both_in_turn():
+    """One worker sends back to two model ranks, one on its node, one not: it stages its rows
+    into its window and walks the datatype of the far one's message one after the other, so the
+    walk adds to the gather (a network fast enough that the ranks' work, not the link, takes
+    the time)."""
+    fast = replace(MACHINE, network_bandwidth=1e12, nic_bandwidth=1e12)
+    g = eh.Grid(64, 32, "cyclic")
+    plan = eh.Plan(g, eh.Decomposition.auto(g, 2), eh.Decomposition.auto(g, 1), halo=2)
+    t = traffic.messages(plan, 40, 8, np.zeros(1, int), np.array([0, 1]), np.zeros(1, int))
+    near = t.gather.onnode
+    assert near.tolist().count(True) == 1 and len(t.gather) == 2
+    assert not t.gather.contig_send[~near].any()  # the tile's own box inside its halo
+    free_walk = replace(fast, datatype_bandwidth=1e15)
+    quick = cost.predict(t, free_walk, "shm").phases["gather"]
+    slow = cost.predict(t, fast, "shm").phases["gather"]
+    walk = float(t.gather.nbytes[~near][0]) / fast.datatype_bandwidth
+    assert quick + 0.1 * walk < slow <= quick + walk * (1 + 1e-12)
+
+
 def test_pipelined_with_one_chunk_is_packed():
     """Every end non-contiguous (a tile with a halo, a model array with its own), one chunk
     per message: the pack, transfer and unpack follow one another as in packed."""

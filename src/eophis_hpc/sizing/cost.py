@@ -104,10 +104,11 @@ def _subset(msg: Messages, keep: np.ndarray) -> Messages:
 
 def _direction(msg: Messages, nf: int, n_send: int, n_recv: int, send_node: np.ndarray,
                recv_node: np.ndarray, nodes: _Nodes, m: Machine, datatype: bool,
-               n_nodes: int) -> float:
-    """Seconds for ``nf`` fields' messages of one direction (all posted together)."""
+               n_nodes: int, loads: bool = False):
+    """Seconds for ``nf`` fields' messages of one direction (all posted together); with
+    ``loads``, also each sender's and receiver's seconds of work (``(seconds, send, recv)``)."""
     if len(msg) == 0 or nf == 0:
-        return 0.0
+        return (0.0, np.zeros(n_send), np.zeros(n_recv)) if loads else 0.0
     b = msg.nbytes * nf
     o = m.message_overhead_s * nf
     # each field is its own message: bandwidths by the size of one
@@ -135,7 +136,8 @@ def _direction(msg: Messages, nf: int, n_send: int, n_recv: int, send_node: np.n
     recv += np.bincount(msg.receiver, weights=per_msg - cpu, minlength=n_recv)  # link time
     nic = _nic(msg, b, send_node, recv_node, n_nodes, m)
     latency = m.network_latency_s if (~on).any() else m.latency_s
-    return float(latency + max(send.max(initial=0.0), recv.max(initial=0.0), nic))
+    seconds = float(latency + max(send.max(initial=0.0), recv.max(initial=0.0), nic))
+    return (seconds, send, recv) if loads else seconds
 
 
 def _nic(msg: Messages, b: np.ndarray, send_node, recv_node, n_nodes: int, m: Machine) -> float:
@@ -216,16 +218,24 @@ def _shm_onnode(msg: Messages, nf: int, side: _Side, nodes: _Nodes, m: Machine, 
 def _shm(msg: Messages, nf: int, side: _Side, nodes: _Nodes, m: Machine, mode: str,
          stage_bytes: int) -> tuple[float, np.ndarray, np.ndarray]:
     """One direction of ``shm``: its on-node routes through the windows, the others as
-    ``datatype``, in the same step (the slower of the two); CPU seconds per sender and
-    receiver (copies, tokens, posting the MPI messages)."""
+    ``datatype``, in the same step. A rank does both parts one after the other (it posts its
+    MPI messages, then copies; it reads its peers' windows and unpacks its datatypes in one
+    loop), so the step takes the slowest rank's sum, or either part alone if that is longer;
+    CPU seconds per sender and receiver (copies, tokens, posting the MPI messages)."""
     seconds, send, recv = _shm_onnode(msg, nf, side, nodes, m, mode, stage_bytes)
     off = _subset(msg, ~msg.onnode)
-    far = _direction(off, nf, side.n_send, side.n_recv, side.send_node, side.recv_node, nodes,
-                     m, True, nodes.n_nodes)
+    far, far_send, far_recv = _direction(off, nf, side.n_send, side.n_recv, side.send_node,
+                                         side.recv_node, nodes, m, True, nodes.n_nodes,
+                                         loads=True)
+    both = 0.0
+    if len(off) and msg.onnode.any():
+        latency = m.network_latency_s if len(off) else m.latency_s
+        both = latency + max((send + far_send).max(initial=0.0),
+                             (recv + far_recv).max(initial=0.0))
     o = m.message_overhead_s * nf
     send = send + np.bincount(off.sender, minlength=side.n_send) * o
     recv = recv + np.bincount(off.receiver, minlength=side.n_recv) * o
-    return max(seconds, far), send, recv
+    return max(seconds, far, both), send, recv
 
 
 def _pipelined(msg: Messages, nf: int, side: _Side, nodes: _Nodes, m: Machine, chunk: int,
