@@ -134,8 +134,9 @@ def copy(const src_t[:, :, ::1] src, dst_t[:, :, ::1] dst, const int64_t[:, ::1]
     """Copy the ``(sj, si, nj, ni)`` block of ``src`` to ``(dj, di)`` of ``dst`` for every
     ``(sj, si, dj, di, nj, ni, fold)`` row of ``blocks``, all levels, in one pass (no buffer in
     between); a folded block is written reversed in j and i and multiplied by ``sign``.
-    ``stream``: write rows of at least ``STREAM_ROW`` elements around the caches (the caller
-    knows the whole transfer's size; one call may be a slab of it)."""
+    ``stream``: write rows of at least the row threshold (``STREAM_ROW``, or what
+    :func:`set_stream_bytes` set) around the caches (the caller knows the whole transfer's
+    size; one call may be a slab of it)."""
     cdef Py_ssize_t nz = src.shape[0]
     if dst.shape[0] != nz:
         raise ValueError(f"copy: the source has {nz} levels, the destination {dst.shape[0]}")
@@ -143,17 +144,15 @@ def copy(const src_t[:, :, ::1] src, dst_t[:, :, ::1] dst, const int64_t[:, ::1]
         raise ValueError(f"copy: blocks must have 7 columns, got {blocks.shape[1]}")
     cdef Py_ssize_t r
     for r in range(blocks.shape[0]):
-        if (blocks[r, 0] < 0 or blocks[r, 1] < 0 or blocks[r, 2] < 0 or blocks[r, 3] < 0
-                or blocks[r, 4] < 0 or blocks[r, 5] < 0
-                or blocks[r, 0] + blocks[r, 4] > src.shape[1]
-                or blocks[r, 1] + blocks[r, 5] > src.shape[2]
-                or blocks[r, 2] + blocks[r, 4] > dst.shape[1]
-                or blocks[r, 3] + blocks[r, 5] > dst.shape[2]):
-            raise ValueError(f"copy: block {r} (sj={blocks[r, 0]}, si={blocks[r, 1]}, "
-                             f"dj={blocks[r, 2]}, di={blocks[r, 3]}, nj={blocks[r, 4]}, "
-                             f"ni={blocks[r, 5]}) does not fit the source "
-                             f"{src.shape[1]}x{src.shape[2]} or the destination "
-                             f"{dst.shape[1]}x{dst.shape[2]}")
+        for end, at_j, at_i, ny, nx in (("source", blocks[r, 0], blocks[r, 1], src.shape[1],
+                                         src.shape[2]),
+                                        ("destination", blocks[r, 2], blocks[r, 3],
+                                         dst.shape[1], dst.shape[2])):
+            if (at_j < 0 or at_i < 0 or blocks[r, 4] < 0 or blocks[r, 5] < 0
+                    or at_j + blocks[r, 4] > ny or at_i + blocks[r, 5] > nx):
+                raise ValueError(f"copy ({end}): block {r} (j={at_j}, i={at_i}, "
+                                 f"nj={blocks[r, 4]}, ni={blocks[r, 5]}) does not fit an array "
+                                 f"of {ny}x{nx} points")
     cdef Py_ssize_t k, j, c, sj, si, dj, di, nj, ni
     cdef const src_t* inp
     cdef dst_t* row
@@ -178,7 +177,8 @@ def copy(const src_t[:, :, ::1] src, dst_t[:, :, ::1] dst, const int64_t[:, ::1]
 
 def set_stream_bytes(Py_ssize_t nbytes, Py_ssize_t row=-1):
     """Thresholds above which unpacks use streaming stores: bytes per call and (if given)
-    elements per row; for tuning and tests. Returns the previous (bytes, row)."""
+    elements per row, the row threshold also of :func:`copy`; for tuning and tests. Returns
+    the previous (bytes, row)."""
     global _stream_bytes, _stream_row
     old = (_stream_bytes, _stream_row)
     _stream_bytes = nbytes

@@ -167,9 +167,8 @@ except CouplingError as exc:
 
 
 def test_set_up_collectives_are_entered_with_a_bounded_wait(tmp_path):
-    """Before each set-up collective (merge, node split, windows, close) every rank waits for
-    the others in a non-blocking barrier, bounded: a rank that is late is an error, not a
-    hang inside MPI."""
+    """``arrive``, what every set-up collective (merge, node split, windows, close) is entered
+    through: a rank that is late is an error after the timeout, not a hang inside MPI."""
     from mpi_util import run_mpmd
     script = tmp_path / "arrive.py"
     script.write_text(ARRIVE)

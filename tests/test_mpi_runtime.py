@@ -187,7 +187,8 @@ def test_note_group_rule():
         g = note_group(q)
         assert (g - 1) ** 2 < q <= g * g
     assert note_group(1000, "3") == 3
-    for bad in ("0", "-2", "x"):
+    assert note_group(1000, " 7 ") == 7
+    for bad in ("0", "-2", "x", "+3", "4 x", "4,5", "1" * 12):
         with pytest.raises(ValueError, match="EOPHIS_HPC_NOTE_GROUP"):
             note_group(4, bad)
 

@@ -445,7 +445,9 @@ def test_pipelined_chunks_move_at_the_hot_cache_bandwidth_on_a_node():
     packed and datatype messages keep the (cold) ``onnode_bandwidth``."""
     t = one_to_one(nz=3, halo=1, model_halo=1, grid=(16, 12))
     hot = replace(MACHINE, onnode_bandwidth_hot=MACHINE.onnode_bandwidth * 4)
-    assert MACHINE.onnode_bandwidth_hot == MACHINE.onnode_bandwidth  # default: the same table
+    assert MACHINE.onnode_bandwidth_hot is None  # left out: onnode_bandwidth stands in
+    assert MACHINE.bandwidth("onnode_bandwidth_hot", 1e6) == MACHINE.bandwidth("onnode_bandwidth",
+                                                                                1e6)
     for s in ("packed", "datatype"):
         assert cost.predict(t, hot, s).exchange_s == cost.predict(t, MACHINE, s).exchange_s
     b = float(t.scatter.nbytes[0])
@@ -516,6 +518,7 @@ def test_machine_files_without_the_row_length_get_the_old_default(tmp_path):
 
 
 def test_notes_go_to_group_leaders_who_pass_them_on():
+    from eophis_hpc.protocol.wire import note_group
     """The note phase: one message per worker up to 16 workers; beyond, one per group leader
     from the root, then the leader's group; 1,000 workers cost about 64 messages, not 1,000."""
     from types import SimpleNamespace
@@ -525,10 +528,18 @@ def test_notes_go_to_group_leaders_who_pass_them_on():
     def note(q, worker_node=0):
         t = SimpleNamespace(n_workers=q, model_node=np.zeros(1, int),
                             worker_node=np.full(q, worker_node))
-        return cost._note_s(t, MACHINE, nodes)
+        seconds, root = cost._note_s(t, MACHINE, nodes)
+        assert root == pytest.approx(-(-q // note_group(q)) * o)  # the root's sends only
+        return seconds
 
     assert note(16) == pytest.approx(16 * o)
     assert note(1000) == pytest.approx(32 * o + MACHINE.latency_s + 31 * o + MACHINE.latency_s)
     assert note(1000, worker_node=1) == pytest.approx(
         32 * o + MACHINE.network_latency_s + 31 * o + MACHINE.latency_s)
     assert note(1000) < 1000 * o / 10
+    # a group whose members sit on another node than its leader pays the network's latency
+    nodes_of = np.repeat(np.arange(25), 40)  # 40 workers a node: group 32..63 spans two nodes
+    t = SimpleNamespace(n_workers=1000, model_node=np.zeros(1, int), worker_node=nodes_of)
+    wide = SimpleNamespace(stretch=np.ones(25))
+    assert cost._note_s(t, MACHINE, wide)[0] == pytest.approx(
+        32 * o + MACHINE.network_latency_s + 31 * o + MACHINE.network_latency_s)

@@ -100,9 +100,21 @@ def test_pingpong_cycles_its_buffers_and_checks_each(tmp_path):
     assert all(t > 0 for t in rec["one_way_median_s"] + rec["strided_one_way_median_s"])
 
 
-def test_working_set_is_twice_the_cache_within_bounds():
+def test_working_set_is_twice_the_largest_cache_within_bounds(tmp_path):
     from eophis_hpc.sizing.calibrate import working_set
-    assert 64 << 20 <= working_set() <= 1 << 30
+
+    def caches(*sizes):
+        base = tmp_path / "-".join(sizes)
+        for k, size in enumerate(sizes):
+            (base / f"index{k}").mkdir(parents=True)
+            (base / f"index{k}" / "size").write_text(size + "\n")
+        return base
+    assert working_set(caches("32K", "1024K", "49152K")) == 96 << 20  # 48 MiB L3
+    assert working_set(caches("48K", "2M", "480M")) == 960 << 20      # the 480 MiB Xeon
+    assert working_set(caches("32K", "2G")) == 1 << 30                 # at most 1 GiB
+    assert working_set(caches("32K", "512K", "16384K")) == 64 << 20    # at least 64 MiB
+    assert working_set(caches("junk", "8M")) == 64 << 20               # unreadable entry skipped
+    assert working_set(tmp_path / "missing") == 64 << 20
 
 
 def test_calibrate_then_validate_one_configuration(tmp_path):
@@ -118,6 +130,7 @@ def test_calibrate_then_validate_one_configuration(tmp_path):
     assert m.latency_s > 0 and m.message_overhead_s > 0 and m.exchange_overhead_s >= 0
     assert m.datatype_row_bytes == 720 * 8  # the validated tiles' rows
     assert "messages cold" in m.source
+    assert len(m.onnode_bandwidth_hot) == 6 and m.onnode_bandwidth_hot != m.onnode_bandwidth
     m.save(tmp_path / "m.json")
     assert Machine.load(tmp_path / "m.json") == m
     cfg = {"grid": "DINO", "levels": 2, "dtype": "float64", "halo": 1, "P": 1, "Q": 1,

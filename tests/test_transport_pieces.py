@@ -12,7 +12,6 @@ from eophis_hpc import kernels
 from eophis_hpc.protocol.layout import Layout
 from eophis_hpc.reference import reference_tile
 from eophis_hpc.transport.mpi.pipelined import blocks_of, chunk_messages
-from eophis_hpc import kernels
 from eophis_hpc.transport.mpi.shared import block_table, copy_pairs, pair_blocks
 
 from strategies import BACKENDS, decompositions, grids, halos, random_pieces

@@ -180,10 +180,13 @@ contains
    !> integer).
    integer function note_group(workers)
       integer, intent(in) :: workers
-      character(len=32) :: text
+      character(len=64) :: text
       integer :: n, stat, ios
       call get_environment_variable("EOPHIS_HPC_NOTE_GROUP", text, n, stat)
-      if (stat == 0 .and. n > 0) then
+      if (stat == -1 .or. (stat == 0 .and. n > 0)) then
+         note_group = 0  ! as the Python side: digits with blanks around them, nothing else
+         if (stat /= 0 .or. len_trim(adjustl(text)) == 0 .or. len_trim(adjustl(text)) > 9) return
+         if (verify(trim(adjustl(text)), "0123456789") /= 0) return
          read (text, *, iostat=ios) note_group
          if (ios /= 0 .or. note_group < 1) note_group = 0
          return

@@ -317,7 +317,8 @@ class Coupler:
             restart_io.write(restart_io.file_for(restart, self.rank), self.grid, self.box, records)
         for s in self._senders.values():
             s.wait()
-        waits.arrive(self.link.comm, self.timeout, "close: the model ranks closing together")
+        waits.arrive(self.link.comm, self.timeout, f"model rank {self.rank}: close (every model "
+                     "rank closes together)")
         if self.link.is_root:
             notes.send_to_workers(self.link, STOP_NOTE, self._note_group)
         for obj in list(self._senders.values()) + list(self._receivers.values()):

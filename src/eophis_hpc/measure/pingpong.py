@@ -7,13 +7,12 @@ Usage: ``mpiexec -n 2 python -m eophis_hpc.measure.pingpong CONFIG.json`` with C
 ``max_time`` (seconds per size, 0.2), ``time_limit`` (watchdog, 600 s), ``strided`` (false; true
 adds ``strided_one_way_median_s``: the same bytes as rows of ``row_bytes`` (8192) in rows
 ``row_pad`` (640) bytes longer, a subarray datatype at both ends, or with ``strided_ends``
-"one" a subarray at rank 1 only, as a halo-extended tile receives and sends) and ``messages``
-(0; N > 0
-adds ``message_overhead_s``: N 8-byte messages each way, posted together, per message and end)
-and ``working_set`` (0; bytes > 0: each round trip uses the next of as many buffers as it takes
-to fill that many bytes, so a message smaller than the caches arrives cold, as between the
-exchanges of a coupled run; with ``hot_too`` the contiguous sizes are measured again through
-one buffer, ``one_way_hot_median_s``).
+"one" a subarray at rank 1 only, as a halo-extended tile receives and sends), ``messages`` (0;
+N > 0 adds ``message_overhead_s``: N 8-byte messages each way, posted together, per message and
+end) and ``working_set`` (0; bytes > 0: each round trip of 64 KiB or more uses the next of as
+many buffers as it takes to fill that many bytes, so a message smaller than the caches arrives
+cold, as between the exchanges of a coupled run; with ``hot_too`` the contiguous sizes are
+measured again through one buffer, ``one_way_hot_median_s``).
 
 Per size: rank 0 ``Send``s a buffer that rank 1 ``Recv``s and sends back; one round trip after a
 warm-up one is timed on rank 0, repeated at least ``min_rounds`` times and for about

@@ -32,10 +32,8 @@ def note_group(n_workers: int, override: str | None = None) -> int:
     ``NOTE_DIRECT_UP_TO`` workers, else ceil(sqrt(n_workers)); ``override`` (the value of
     ``NOTE_GROUP_ENV``) a positive integer instead. A Fortran or C client computes the same."""
     if override:
-        try:
-            g = int(override)
-        except ValueError:
-            g = 0
+        text = override.strip()  # digits only, as the Fortran client reads it
+        g = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
         if g < 1:
             raise ValueError(f"{NOTE_GROUP_ENV}={override!r}: expected a positive integer")
         return g

@@ -274,6 +274,7 @@ class MpiEngine(Engine):
         for spec in specs:  # MPI may still read the last outputs (pinned buffers are reused)
             if self.senders[spec.name].reads_late:
                 self.senders[spec.name].wait()
+        self.inbox.poll()  # a leader passes the next note on before the model runs
         t_model = time.perf_counter()
         targets = self.invoker.call(group, step)
         t2 = time.perf_counter()
@@ -293,6 +294,7 @@ class MpiEngine(Engine):
             self._release([feed.recv_target(spec.name) for spec in inputs], specs)
             for e in group:
                 self._post(e)
+        self.inbox.poll()
         t3 = time.perf_counter()
         self.timings.add("send", t3 - t2)
         self.timings.span("send", t2, t3)
@@ -312,7 +314,7 @@ class MpiEngine(Engine):
 
     def _teardown(self) -> None:
         if self.inbox is not None:
-            self.inbox.flush()  # the last note passed on has left
+            self.inbox.close()  # the last note passed on has left
         for obj in list(self.receivers.values()) + list(self.senders.values()):
             obj.close()
         if self.node is not None:

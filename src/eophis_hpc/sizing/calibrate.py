@@ -48,11 +48,10 @@ def tile_rows(nx: int = 720, halo: int = 10, itemsize: int = 8) -> tuple[int, in
     return nx * itemsize, max(1, 2 * halo) * itemsize
 
 
-def working_set() -> int:
-    """Bytes the ping-pong's buffers fill: twice the last-level cache (``sysfs``), between 64
-    MiB and 1 GiB (64 MiB where the cache size is unknown)."""
+def working_set(base: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """Bytes the ping-pong's buffers fill: twice the largest cache ``sysfs`` lists under
+    ``base``, between 64 MiB and 1 GiB (64 MiB where the cache size is unknown)."""
     size = 0
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
     for index in sorted(base.glob("index*")) if base.is_dir() else ():
         try:
             text = (index / "size").read_text().strip()

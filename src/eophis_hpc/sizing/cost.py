@@ -288,20 +288,24 @@ def _pipelined(msg: Messages, nf: int, side: _Side, nodes: _Nodes, m: Machine, c
     return seconds, send_cpu, recv_cpu
 
 
-def _note_s(t: Traffic, m: Machine, nodes: _Nodes) -> float:
-    """Seconds until the last worker has the note: the model root sends it to the group
-    leaders (one message each), the slowest leader passes it on to the rest of its group."""
+def _note_s(t: Traffic, m: Machine, nodes: _Nodes) -> tuple[float, float]:
+    """``(seconds until the last worker has the note, the model root's share of them)``: the
+    root sends it to the group leaders (one message each), the slowest leader passes it on to
+    the rest of its group."""
     group = note_group(t.n_workers)
     leaders = np.arange(0, t.n_workers, group)
-    root = len(leaders) * m.message_overhead_s * nodes.stretch[t.model_node[0]]
+    root = float(len(leaders) * m.message_overhead_s * nodes.stretch[t.model_node[0]])
     if group == 1:
-        return float(root)
+        return root, root
     lat = m.network_latency_s if (t.worker_node[leaders] != t.model_node[0]).any() else m.latency_s
     members = np.minimum(leaders + group, t.n_workers) - leaders - 1
-    far = t.worker_node[np.minimum(leaders + 1, t.n_workers - 1)] != t.worker_node[leaders]
+    # a group with a member on another node than its leader pays the network's latency
+    group_of = np.arange(t.n_workers) // group
+    apart = np.bincount(group_of, weights=t.worker_node != t.worker_node[group_of * group],
+                        minlength=len(leaders)) > 0
     passing = members * m.message_overhead_s * nodes.stretch[t.worker_node[leaders]]
-    hop = np.where(far, m.network_latency_s, m.latency_s)
-    return float(root + lat + np.max(passing + hop))
+    hop = np.where(apart, m.network_latency_s, m.latency_s)
+    return float(root + lat + np.max(passing + hop)), root
 
 
 def predict(t: Traffic, m: Machine, strategy: str, fields_in: int = 1, fields_out: int = 1,
@@ -321,7 +325,7 @@ def predict(t: Traffic, m: Machine, strategy: str, fields_in: int = 1, fields_ou
     nodes = _Nodes(t, m)
     dt = strategy == "datatype"
     args = dict(nodes=nodes, m=m, datatype=dt, n_nodes=t.n_nodes)
-    note = _note_s(t, m, nodes)
+    note, note_root = _note_s(t, m, nodes)
     if strategy in ("shm", "pipelined"):
         out = _Side(t.n_model, t.n_workers, t.model_node, t.worker_node)
         back = _Side(t.n_workers, t.n_model, t.worker_node, t.model_node)
@@ -338,7 +342,7 @@ def predict(t: Traffic, m: Machine, strategy: str, fields_in: int = 1, fields_ou
                                                nodes.workers, nodes.model)
         phases = {"note": note, "scatter": scatter, "inference": float(inference_s),
                   "gather": gather, "overhead": m.exchange_overhead_s}
-        model_cpu = float(np.max(model_out + model_back, initial=0.0)) + note
+        model_cpu = float(np.max(model_out + model_back, initial=0.0)) + note_root
         return _finish(strategy, phases, model_cpu, model_step_s)
     scatter = _direction(t.scatter, fields_in, t.n_model, t.n_workers, t.model_node,
                          t.worker_node, **args)
@@ -359,7 +363,7 @@ def predict(t: Traffic, m: Machine, strategy: str, fields_in: int = 1, fields_ou
     sm = np.bincount(t.scatter.sender, minlength=t.n_model) * fields_in
     gm = np.bincount(t.gather.receiver, minlength=t.n_model) * fields_out
     model_cpu = (phases.get("model_pack", 0.0) + phases.get("model_unpack", 0.0)
-                 + float(np.max(sm + gm, initial=0)) * m.message_overhead_s + note)
+                 + float(np.max(sm + gm, initial=0)) * m.message_overhead_s + note_root)
     return _finish(strategy, phases, model_cpu, model_step_s)
 
 

@@ -41,7 +41,8 @@ FIELDS = {
 SIZED = ("onnode_bandwidth", "network_bandwidth", "copy_bandwidth", "datatype_bandwidth",
          "onnode_bandwidth_hot")
 _TEXT = ("name", "source")
-OPTIONAL = {"source": "", "datatype_row_bytes": 8192, "onnode_bandwidth_hot": None}  # keys a file may leave out: defaults
+# keys a file may leave out, and their defaults
+OPTIONAL = {"source": "", "datatype_row_bytes": 8192, "onnode_bandwidth_hot": None}
 
 
 def _number(name: str, value) -> float:
@@ -87,7 +88,7 @@ class Machine:
     exchange_overhead_s: float
     source: str = ""
     datatype_row_bytes: int = OPTIONAL["datatype_row_bytes"]
-    onnode_bandwidth_hot: object = None
+    onnode_bandwidth_hot: tuple | float | None = None
 
     def __post_init__(self):
         for f in fields(self):
@@ -100,7 +101,7 @@ class Machine:
                     raise ValueError(f"machine: {f.name} must be a positive integer, got "
                                      f"{value!r}")
             elif f.name == "onnode_bandwidth_hot" and value is None:
-                object.__setattr__(self, f.name, self.onnode_bandwidth)
+                continue  # onnode_bandwidth stands in for it (:meth:`bandwidth`)
             elif f.name in SIZED:
                 object.__setattr__(self, f.name, _table(f.name, value))
             else:
@@ -111,7 +112,7 @@ class Machine:
     def to_dict(self) -> dict:
         return {f.name: ([list(p) for p in getattr(self, f.name)]
                          if isinstance(getattr(self, f.name), tuple) else getattr(self, f.name))
-                for f in fields(self)}
+                for f in fields(self) if getattr(self, f.name) is not None}
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "machine") -> "Machine":
@@ -162,6 +163,8 @@ class Machine:
     def bandwidth(self, name: str, nbytes) -> np.ndarray:
         """Bytes/s of ``name`` (one of :data:`SIZED`) for messages or copies of ``nbytes``."""
         value = getattr(self, name)
+        if value is None:  # an optional table left out: onnode_bandwidth_hot
+            value = self.onnode_bandwidth
         nbytes = np.asarray(nbytes, dtype=np.float64)
         if not isinstance(value, tuple):
             return np.full(nbytes.shape, float(value))
@@ -179,8 +182,10 @@ class Machine:
         return (f"{self.name}: {self.cores_per_node} cores/node; latency "
                 f"{self.latency_s * 1e6:.2f} us on a node, {self.network_latency_s * 1e6:.2f} us "
                 f"across; on a node "
-                f"{bw('onnode_bandwidth')} (in the caches {bw('onnode_bandwidth_hot')}); across "
-                f"{bw('network_bandwidth')} (NIC "
+                f"{bw('onnode_bandwidth')}"
+                + (f" (in the caches {bw('onnode_bandwidth_hot')})"
+                   if self.onnode_bandwidth_hot is not None else "")
+                + f"; across {bw('network_bandwidth')} (NIC "
                 f"{self.nic_bandwidth / 1e9:.1f} GB/s per node); copies {bw('copy_bandwidth')} "
                 f"per rank, {self.node_memory_bandwidth / 1e9:.0f} GB/s per node; datatypes "
                 f"{bw('datatype_bandwidth')} (rows of {_size(self.datatype_row_bytes)}); "

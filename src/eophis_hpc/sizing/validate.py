@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..decomposition import Decomposition
 from ..grid import Grid
-from . import cost, job as jobmod
+from . import job as jobmod
 from .machine import Machine
 
 GRID = "eORCA05"  # 720x603, cyclic, F-pivot fold

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from ...protocol.wire import NOTE_GROUP_ENV, TAG_CONTROL, note_group
+from ...protocol.wire import NOTE_GROUP_ENV, STOP_NOTE, TAG_CONTROL, note_group
 from ...errors import CouplingError
 from .waits import wait_all
 
@@ -31,7 +31,9 @@ def send_to_workers(link, note, group: int) -> None:
 
 class NoteInbox:
     """A worker's side: its next note, from the model root (a leader) or from its leader, passed
-    on at once to the rest of its group (a leader)."""
+    on at once to the rest of its group (a leader). A leader receives the next note ahead and
+    passes it on from :meth:`poll` as well, which its engine calls while it serves an exchange
+    (before the model runs, after the sends), so its group does not wait for it to finish."""
 
     def __init__(self, link, timeout: float | None):
         self.link, self.timeout = link, timeout
@@ -43,6 +45,8 @@ class NoteInbox:
         self.note = np.empty(2, dtype=np.int64)
         self.passed = np.empty(2, dtype=np.int64)   # the note being passed on
         self.passing: list = []
+        self.ahead = None        # a leader's receive of its next note, posted early
+        self.ahead_passed = False
 
     def describe(self) -> str:
         """Where this worker's notes come from and whom it passes them on to."""
@@ -53,7 +57,10 @@ class NoteInbox:
 
     def next(self) -> tuple[int, int]:
         """Wait for the next note (bounded), pass it on, return it."""
-        if self.link.rank == self.leader:
+        if self.ahead is not None:  # a leader's note, received (and maybe passed on) early
+            req, self.ahead = self.ahead, None
+            who, label = [0], "model rank"
+        elif self.link.rank == self.leader:
             req = self.link.inter.Irecv(self.note, source=0, tag=TAG_CONTROL)
             who, label = [0], "model rank"
         else:
@@ -66,11 +73,34 @@ class NoteInbox:
                                 f"directly, but it expects its notes from worker {self.leader}: "
                                 f"{NOTE_GROUP_ENV} must be the same on both sides")
         if self.members:
-            self.flush()
-            self.passed[:] = self.note
-            self.passing = [self.link.comm.Isend(self.passed, dest=m, tag=TAG_CONTROL)
-                            for m in self.members]
+            if not self.ahead_passed:
+                self._pass_on()
+            self.ahead_passed = False
+            note = (int(self.note[0]), int(self.note[1]))
+            if note != STOP_NOTE:  # the stop is the last note: nothing to receive ahead
+                self.ahead = self.link.inter.Irecv(self.note, source=0, tag=TAG_CONTROL)
+            return note
         return int(self.note[0]), int(self.note[1])
+
+    def poll(self) -> None:
+        """A leader: pass the next note on now if it has arrived (one test, no wait)."""
+        if self.ahead is not None and not self.ahead_passed and self.ahead.Test():
+            self._pass_on()
+            self.ahead_passed = True
+
+    def _pass_on(self) -> None:
+        self.flush()
+        self.passed[:] = self.note
+        self.passing = [self.link.comm.Isend(self.passed, dest=m, tag=TAG_CONTROL)
+                        for m in self.members]
+
+    def close(self) -> None:
+        """The notes passed on have left; a note received ahead that never came is cancelled."""
+        if self.ahead is not None:
+            self.ahead.Cancel()
+            self.ahead.Wait()
+            self.ahead = None
+        self.flush()
 
     def flush(self) -> None:
         """The notes passed on have left (bounded: a member that ended is named)."""

@@ -150,9 +150,10 @@ class Shared(Strategy):
         self.totals = [int(np.prod(peers[r.peer - base].array.shape[:3])) for r in self.local]
         # sending: the rows of this rank's segment staged per step
         mine = shared.mine if shared is not None else None
-        # write around the caches when a segment is too large to stay in them anyway
-        self.stream_out = mine is not None and mine.nbytes >= STREAM_BYTES
-        self.stream_in = {r.peer: peers[r.peer - base].array.nbytes >= STREAM_BYTES
+        # write around the caches when one buffer of a segment (what a transfer fills) is too
+        # large to stay in them anyway
+        self.stream_out = mine is not None and mine.nbytes // shared.slots >= STREAM_BYTES
+        self.stream_in = {r.peer: peers[r.peer - base].slot(0).nbytes >= STREAM_BYTES
                           for r in self.local}
         self.step = stage_rows(mine.shape, item) if mine is not None else 1
         self.rows = int(np.prod(mine.shape[:3])) if mine is not None else 0

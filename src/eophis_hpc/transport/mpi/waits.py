@@ -61,7 +61,8 @@ def wait_all(requests: list, timeout: float | None, what: str, peers=None, peer_
 def arrive(comm, timeout: float | None, what: str) -> None:
     """Return once every rank of ``comm`` has called this too (a non-blocking barrier, bounded),
     so that the blocking collective the caller makes next (a merge, a split, a window) starts
-    with everyone there: a rank that never comes gives a CouplingError here, not a hang."""
+    with everyone there: a rank that never comes gives a CouplingError here, not a hang (the
+    barrier's request is then left behind: the job is ending)."""
     req = comm.Ibarrier()
     if timeout is None:
         req.Wait()
