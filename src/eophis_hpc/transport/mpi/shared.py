@@ -141,6 +141,7 @@ class Shared(Strategy):
         self.copy = move.kern.copy or numpy_ref.copy
         self.pairs: dict = {}  # (peer, offset) -> copies into the peer's segment
         self.piece_blocks: dict = {}  # (local peer, offset) -> read pieces as kernel blocks
+        self.stage_plans: dict = {}  # offset -> staging steps as kernel blocks
         self.mine_blocks = {r.peer: block_table(r) for r in self.local}
         self.peer_blocks = {r.peer: block_table(peers[r.peer - base].route) for r in self.local}
         item = move.dtype.itemsize
@@ -241,22 +242,34 @@ class Shared(Strategy):
     def _stage(self, target, offset, mine):
         """Copy ``target``'s tiles (shifted by ``offset``) into this rank's segment, a step of
         rows at a time; yields the rows ready after each step."""
-        oj, oi = offset
-        _, nz, NJ, NI = mine.shape
-        done = 0
-        while done < self.rows:
-            end = min(self.rows, done + self.step)
-            u = done
-            while u < end:
-                kl, row = divmod(u, NJ)
-                k, lev = divmod(kl, nz)
-                take = min(end - u, NJ - row)
-                self.copy(target[k][lev:lev + 1], mine[k, lev:lev + 1],
-                          np.array([[oj + row, oi, row, 0, take, NI, 0]], dtype=np.int64), 1.0,
+        for done, slabs in self._stage_plan(offset, mine.shape):
+            for k, lev, blocks in slabs:
+                self.copy(target[k][lev:lev + 1], mine[k, lev:lev + 1], blocks, 1.0,
                           self.stream_out)
-                u += take
-            done = end
             yield done
+
+    def _stage_plan(self, offset, shape) -> list[tuple]:
+        """The staging steps for ``offset``: ``(rows ready after it, [(tile, level, kernel
+        blocks)])`` per step, each slab of rows within one level (built once per offset)."""
+        plan = self.stage_plans.get(offset)
+        if plan is None:
+            oj, oi = offset
+            _, nz, NJ, NI = shape
+            plan, done = [], 0
+            while done < self.rows:
+                end = min(self.rows, done + self.step)
+                slabs, u = [], done
+                while u < end:
+                    kl, row = divmod(u, NJ)
+                    k, lev = divmod(kl, nz)
+                    take = min(end - u, NJ - row)
+                    slabs.append((k, lev, np.array([[oj + row, oi, row, 0, take, NI, 0]],
+                                                   dtype=np.int64)))
+                    u += take
+                plan.append((end, slabs))
+                done = end
+            self.stage_plans[offset] = plan
+        return plan
 
     def sent(self):
         if self.far is not None:
