@@ -389,9 +389,7 @@ def test_shm_with_some_routes_off_node_takes_the_slower_of_both(case, nz, seed, 
     t = traffic.messages(plan, nz, 8, owner, rng.integers(0, 2, plan.n_src),
                          rng.integers(0, 2, q))
 
-    def only(msg, keep):
-        return traffic.Messages(*(getattr(msg, f)[keep] for f in (
-            "sender", "receiver", "nbytes", "blocks", "onnode", "contig_send", "contig_recv")))
+    only = cost._subset  # a direction's messages where keep is true
     full = cost.predict(t, MACHINE, "shm", shm_buffers=buffers)
     for part in (False, True):  # the off-node routes, the on-node ones
         sub = replace(t, scatter=only(t.scatter, t.scatter.onnode == part),

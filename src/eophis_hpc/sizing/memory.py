@@ -43,22 +43,17 @@ def estimate(plan: Plan, t: Traffic, owner: np.ndarray, nz: int, itemsize: int,
     _, m_recv = t.gather.per_rank("receiver", t.n_model)
     w_buffers = float(np.max(w_recv * fields_in + w_send * fields_out))
     m_buffers = float(np.max(m_send * fields_in + m_recv * fields_out))
-    # datatypes: one run per block, per field, at each end
-    w_runs = (np.bincount(t.scatter.receiver, weights=t.scatter.blocks, minlength=t.n_workers)
-              * fields_in + np.bincount(t.gather.sender, weights=t.gather.blocks,
-                                        minlength=t.n_workers) * fields_out)
-    m_runs = (np.bincount(t.scatter.sender, weights=t.scatter.blocks, minlength=t.n_model)
-              * fields_in + np.bincount(t.gather.receiver, weights=t.gather.blocks,
-                                        minlength=t.n_model) * fields_out)
-    # shm: off-node routes keep their datatypes; the segments of the windows
-    w_far = (np.bincount(t.scatter.receiver, weights=t.scatter.blocks * ~t.scatter.onnode,
-                         minlength=t.n_workers) * fields_in
-             + np.bincount(t.gather.sender, weights=t.gather.blocks * ~t.gather.onnode,
-                           minlength=t.n_workers) * fields_out)
-    m_far = (np.bincount(t.scatter.sender, weights=t.scatter.blocks * ~t.scatter.onnode,
-                         minlength=t.n_model) * fields_in
-             + np.bincount(t.gather.receiver, weights=t.gather.blocks * ~t.gather.onnode,
-                           minlength=t.n_model) * fields_out)
+    # datatypes: one run per block, per field, at each end (shm: off-node routes only)
+    def runs(keep_scatter, keep_gather) -> tuple[np.ndarray, np.ndarray]:
+        """Runs per worker and per model rank of the kept messages."""
+        ws = t.scatter.blocks * keep_scatter * fields_in
+        wg = t.gather.blocks * keep_gather * fields_out
+        return (np.bincount(t.scatter.receiver, weights=ws, minlength=t.n_workers)
+                + np.bincount(t.gather.sender, weights=wg, minlength=t.n_workers),
+                np.bincount(t.scatter.sender, weights=ws, minlength=t.n_model)
+                + np.bincount(t.gather.receiver, weights=wg, minlength=t.n_model))
+    w_runs, m_runs = runs(1, 1)
+    w_far, m_far = runs(~t.scatter.onnode, ~t.gather.onnode)
     own = np.array([b.size for b in plan.dst.boxes], dtype=np.float64)
     w_own = np.bincount(owner, weights=own, minlength=t.n_workers) * nz * itemsize
     w_segments = float(np.max(w_own)) * fields_out
